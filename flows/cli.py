@@ -1,0 +1,169 @@
+"""The `loretune` command: run flows locally and look into the artifact store.
+
+`run` and `ingest` execute the same Prefect flows a deployment runs, in this process (against the
+Prefect server in PREFECT_API_URL if set, else a temporary local one). `--offline` starts the
+sample sources server in-process and points every source at it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Any, Iterator, Optional
+
+import typer
+
+from loretune.config import ConfigError, load_config, parse_overrides, state_dir
+
+# Before Prefect is imported: keep its database in the project's state folder, not the home
+# directory, and give its temporary local server time to start on a busy 2-core machine.
+os.environ.setdefault("PREFECT_HOME", str(state_dir() / "prefect"))
+os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)  # Prefect creates only the last level
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+store_app = typer.Typer(no_args_is_help=True, help="Inspect the versioned artifact store.")
+app.add_typer(store_app, name="store")
+
+CONFIG = typer.Option("deployments/naruto.yaml", "--config", "-c", help="domain config (YAML)")
+STORE = typer.Option(None, "--store", help="artifact store path or fsspec URL (overrides the config)")
+SET = typer.Option([], "--set", help="override a config key: --set training.max_steps=30 (value is YAML)")
+OFFLINE = typer.Option(False, "--offline", help="serve the sample sources (on LORETUNE_SAMPLES_PORT, default 8765) and use them")
+SAMPLES = typer.Option(None, "--sample-sources", help="base URL of a running sample sources server")
+
+
+def _overrides(store: str | None, sets: list[str]) -> dict[str, Any]:
+    overrides = parse_overrides(sets)
+    if store:
+        overrides["store"] = store
+    return overrides
+
+
+@contextlib.contextmanager
+def _sample_sources(offline: bool, url: str | None) -> Iterator[str | None]:
+    """The sample sources' base URL; `--offline` serves them here unless that port already does.
+
+    The port is fixed (not random) because document URLs contain it: a new port would be new
+    content, and every stage after ingest would recompute.
+    """
+    if not offline:
+        yield url
+        return
+    from loretune.samples.server import SampleSourcesServer, is_serving
+
+    port = int(os.environ.get("LORETUNE_SAMPLES_PORT", "8765"))
+    base_url = f"http://127.0.0.1:{port}"
+    if is_serving(base_url):
+        yield base_url
+        return
+    with SampleSourcesServer(port=port) as server:
+        yield server.base_url
+
+
+def _fail(message: str) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _run_flow(flow_name: str, config: str, store: str | None, sets: list[str], offline: bool, samples: str | None) -> dict:
+    overrides = _overrides(store, sets)
+    try:  # validate before Prefect starts, so a bad config is one clear line
+        load_config(config, overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if flow_name == "finetune":
+        from loretune.flows.finetune import finetune as flow
+    else:
+        from loretune.flows.refresh import ingest as flow
+    with _sample_sources(offline, samples) as base_url:
+        return flow(config=config, overrides=overrides, sample_sources=base_url)
+
+
+@app.command()
+def run(config: str = CONFIG, store: Optional[str] = STORE, set: list[str] = SET,
+        offline: bool = OFFLINE, sample_sources: Optional[str] = SAMPLES) -> None:
+    """Run the finetune flow (every stage) locally; no deployment needed."""
+    result = _run_flow("finetune", config, store, set, offline, sample_sources)
+    _print_stages(result)
+    typer.echo("")
+    _print_table(result["evaluation"])
+
+
+@app.command()
+def ingest(config: str = CONFIG, store: Optional[str] = STORE, set: list[str] = SET,
+           offline: bool = OFFLINE, sample_sources: Optional[str] = SAMPLES) -> None:
+    """Run the ingest stage only: ask every source, publish documents if they changed."""
+    _print_stages(_run_flow("ingest", config, store, set, offline, sample_sources))
+
+
+@store_app.command("ls")
+def store_ls(config: str = CONFIG, store: Optional[str] = STORE, set: list[str] = SET,
+             stage: Optional[str] = typer.Option(None, help="only this stage")) -> None:
+    """Stages, versions, created_at and sizes, oldest first."""
+    from loretune.store import ArtifactStore
+
+    try:
+        root = load_config(config, _overrides(store, set)).store_uri()
+    except ConfigError as exc:
+        _fail(str(exc))
+    artifacts = ArtifactStore(root)
+    typer.echo(f"store: {root}")
+    rows = [(m["stage"], m["version"], m["created_at"], _size(m["counts"].get("bytes", 0)), m["counts"].get("files", 0))
+            for s in ([stage] if stage else artifacts.stages()) for m in artifacts.versions(s)]
+    _print_rows(["stage", "version", "created_at", "size", "files"], rows)
+
+
+@app.command()
+def report(flow_run: str = typer.Option(..., "--flow-run", help="flow run id")) -> None:
+    """The per-checkpoint evaluation table of a finetune flow run (from its Prefect result)."""
+    from prefect import get_client
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def fetch() -> Any:
+        async with get_client() as client:
+            run_ = await client.read_flow_run(flow_run)
+            return run_.state, await run_.state.result(raise_on_failure=False, fetch=True)
+
+    state, result = run_coro_as_sync(fetch())
+    if not isinstance(result, dict) or "evaluation" not in result:
+        _fail(f"flow run {flow_run} ended {state.name} and has no evaluation table")
+    _print_stages(result)
+    typer.echo("")
+    _print_table(result["evaluation"])
+
+
+def _print_stages(result: dict) -> None:
+    typer.echo(f"artifacts: {result['store']}")
+    _print_rows(["stage", "version", "state"], [(s, v["version"], v["state"]) for s, v in result["stages"].items()])
+
+
+def _print_table(table: list[dict]) -> None:
+    columns = ["step", "checkpoint", "accuracy", "accuracy_norm", "accuracy_fact", "accuracy_image", "eval_loss"]
+    _print_rows(columns, [tuple(_cell(row.get(c)) for c in columns) for row in table])
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _print_rows(header: list[str], rows: list[tuple]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+    for row in [tuple(header), *rows]:
+        typer.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def main() -> None:
+    app(prog_name="loretune")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""`refresh`: the nightly data refresh (documents, images, features, dataset). Deployed as refresh/<domain>."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from loretune.flows.stages import ledger_markdown, prepare_data, resolve_config, run_stage
+from loretune.tasks.ingest import ingest_documents
+
+
+@flow(name="refresh")
+def refresh(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] | None = None,
+            sample_sources: str | None = None) -> dict[str, Any]:
+    """Ask every source; on an unchanged night only the source checks do any work."""
+    cfg = resolve_config(config, overrides, sample_sources)
+    ledger: dict[str, dict[str, str]] = {}
+    prepare_data(cfg, ledger)
+    create_markdown_artifact(key=f"{cfg.domain}-refresh", markdown=ledger_markdown(cfg.domain, ledger, cfg.store_uri()),
+                             description="stage versions of this refresh")
+    return {"store": cfg.store_uri(), "stages": ledger}
+
+
+@flow(name="ingest")
+def ingest(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] | None = None,
+           sample_sources: str | None = None) -> dict[str, Any]:
+    """The documents stage alone."""
+    cfg = resolve_config(config, overrides, sample_sources)
+    ledger: dict[str, dict[str, str]] = {}
+    run_stage(ingest_documents, ledger, store=cfg.store_uri(), domain=cfg.domain, sources_cfg=cfg.sources, http_cfg=cfg.http)
+    return {"store": cfg.store_uri(), "stages": ledger}

@@ -1,0 +1,246 @@
+"""One polite HTTP client for every source: identified, patient with busy servers, and bounded.
+
+Sources are other people's servers, so every request says who we are (User-Agent), backs off when
+told to (429/5xx, honouring Retry-After), gives up after a timeout, and never reads an unbounded
+body into memory. Failures become one exception type, `SourceError`, whose message names the URL
+but never a secret that was in its query string.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from typing import Any, Mapping
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# A query parameter whose name looks like this may carry a credential; such URLs lose their query
+# string in messages. Over-matching only costs a less detailed message.
+SECRET_PARAM = re.compile(r"token|secret|key|pass(word|wd)?|signature|credential|auth(?!or)", re.IGNORECASE)
+HTML_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+CHUNK_BYTES = 64 * 1024
+
+
+class SourceError(RuntimeError):
+    """A source could not give us what we asked for; says which URL (secrets removed) and why."""
+
+    def __init__(self, url: str, reason: str):
+        self.url = safe_url(url)
+        self.reason = reason
+        super().__init__(f"{self.url}: {reason}")
+
+
+class PoliteSession:
+    """A `requests.Session` with retries, timeouts, a size cap and request/byte counters.
+
+    Field names match the config's `http` section, so `PoliteSession(**config.http.model_dump())`.
+    """
+
+    def __init__(
+        self,
+        user_agent: str,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        max_retries: int,
+        backoff_s: float,
+        max_response_bytes: int,
+    ):
+        self.timeout = (connect_timeout_s, read_timeout_s)
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_response_bytes = max_response_bytes
+        self._counters = _Counters()
+        retry = _CountingRetry(
+            total=max_retries,
+            backoff_factor=backoff_s,
+            status_forcelist=RETRY_STATUSES,
+            allowed_methods=frozenset({"GET"}),
+            respect_retry_after_header=True,
+            raise_on_status=False,  # hand back the last 429/503 so the error can say what it was
+        )
+        retry.counters = self._counters
+        adapter = _CountingAdapter(max_retries=retry)
+        adapter.counters = self._counters
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = user_agent
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+
+    @property
+    def requests_made(self) -> int:
+        """Requests that went on the wire, retries included."""
+        return self._counters.requests
+
+    @property
+    def bytes_received(self) -> int:
+        """Response body bytes read (after content decoding, which is what the size cap bounds)."""
+        return self._counters.bytes
+
+    def get_json(self, url: str, params: Mapping[str, Any] | None = None) -> dict:
+        """GET a JSON object; an HTML page, invalid JSON or an HTTP error is a `SourceError`."""
+        full_url, response, body = self._get(url, params, accept="application/json")
+        _raise_for_status(full_url, response, body)
+        content_type = response.headers.get("Content-Type", "").lower()
+        if "html" in content_type or body.lstrip()[:1] == b"<":
+            raise SourceError(full_url, f"expected JSON, got an HTML page{_html_title(body)}")
+        try:
+            data = json.loads(body)  # JSON is UTF-8 by definition (RFC 8259), whatever the header says
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SourceError(full_url, f"response is not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise SourceError(full_url, f"expected a JSON object, got {type(data).__name__}")
+        return data
+
+    def get_bytes(self, url: str, params: Mapping[str, Any] | None = None) -> bytes:
+        full_url, response, body = self._get(url, params, accept="*/*")
+        _raise_for_status(full_url, response, body)
+        return body
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> PoliteSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _get(
+        self, url: str, params: Mapping[str, Any] | None, accept: str
+    ) -> tuple[str, requests.Response, bytes]:
+        """(URL with query, response, body) of one GET.
+
+        urllib3 retries failures up to the response headers; a body cut off mid-read happens after
+        that, so it is retried here, with the same budget and backoff.
+        """
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise SourceError(url, "only http and https URLs are fetched")
+        try:
+            full_url = requests.Request("GET", url, params=params).prepare().url or url
+        except requests.RequestException as exc:
+            raise SourceError(url, _describe(exc, url)) from None
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = self._session.get(
+                    full_url, headers={"Accept": accept}, timeout=self.timeout, stream=True
+                )
+            except requests.RequestException as exc:
+                raise SourceError(full_url, _describe(exc, full_url)) from None
+            try:
+                return full_url, response, self._read_body(full_url, response)
+            except (requests.exceptions.ChunkedEncodingError, requests.ConnectionError) as exc:
+                if attempt == self.max_retries:
+                    raise SourceError(full_url, f"response cut off: {_describe(exc, full_url)}") from None
+                time.sleep(self.backoff_s * 2**attempt)
+            except requests.RequestException as exc:
+                raise SourceError(full_url, _describe(exc, full_url)) from None
+            finally:
+                response.close()
+        raise AssertionError("unreachable")
+
+    def _read_body(self, url: str, response: requests.Response) -> bytes:
+        """The body, refusing to read past the cap (announced or not) so one page can't fill memory."""
+        cap = self.max_response_bytes
+        announced = response.headers.get("Content-Length", "")
+        if announced.isdigit() and int(announced) > cap:
+            raise SourceError(url, f"response is {int(announced)} bytes, over the {cap}-byte limit")
+        chunks, size = [], 0
+        for chunk in response.iter_content(CHUNK_BYTES):
+            size += len(chunk)
+            self._counters.add_bytes(len(chunk))
+            if size > cap:
+                raise SourceError(url, f"response is over the {cap}-byte limit")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def safe_url(url: str) -> str:
+    """`url` fit for a message: no user:password@, and no query string if it may hold a secret."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    query = "[query redacted]" if _has_secret(parts.query) else parts.query
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _has_secret(query: str) -> bool:
+    return any(SECRET_PARAM.search(key) for key, _ in parse_qsl(query, keep_blank_values=True))
+
+
+class _Counters:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.bytes = 0
+
+    def add_request(self) -> None:
+        with self._lock:
+            self.requests += 1
+
+    def add_bytes(self, n: int) -> None:
+        with self._lock:
+            self.bytes += n
+
+
+class _CountingAdapter(HTTPAdapter):
+    """Counts each request's first attempt; `_CountingRetry` counts the retries urllib3 makes.
+
+    A requests response hook would only see the final response of a retried request, so retries
+    are counted where urllib3 decides on them: each `Retry.increment` that does not give up means
+    one more attempt on the wire.
+    """
+
+    counters: _Counters
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        self.counters.add_request()
+        return super().send(request, **kwargs)
+
+
+class _CountingRetry(Retry):
+    counters: _Counters
+
+    def new(self, **kw: Any) -> _CountingRetry:
+        retry = super().new(**kw)
+        retry.counters = self.counters  # urllib3 rebuilds Retry on every increment
+        return retry
+
+    def increment(self, *args: Any, **kwargs: Any) -> _CountingRetry:
+        retry = super().increment(*args, **kwargs)  # raises when the budget is spent: no new attempt
+        self.counters.add_request()
+        return retry
+
+
+def _raise_for_status(url: str, response: requests.Response, body: bytes) -> None:
+    if response.status_code < 400:
+        return
+    detail = _html_title(body) or _snippet(body)
+    raise SourceError(url, f"HTTP {response.status_code} {response.reason or ''}".rstrip() + detail)
+
+
+def _html_title(body: bytes) -> str:
+    match = HTML_TITLE.search(body[:CHUNK_BYTES])
+    if not match:
+        return ""
+    return f" ({' '.join(match.group(1).decode('utf-8', 'replace').split())[:120]})"
+
+
+def _snippet(body: bytes) -> str:
+    text = " ".join(body[:400].decode("utf-8", "replace").split())
+    return f": {text[:200]}" if text else ""
+
+
+def _describe(exc: Exception, url: str) -> str:
+    """The exception's own words, with the query string cut out if it may hold a secret.
+
+    requests and urllib3 put the request path and query into their messages.
+    """
+    text = f"{type(exc).__name__}: {exc}"
+    query = urlsplit(url).query
+    return text.replace(query, "[query redacted]") if _has_secret(query) else text

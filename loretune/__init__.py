@@ -1,0 +1,1 @@
+"""loretune: fandom lore in, fine-tuned and evaluated chat model out."""

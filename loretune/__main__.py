@@ -1,0 +1,3 @@
+from loretune.flows.cli import main
+
+main()

@@ -1,0 +1,208 @@
+"""The one YAML file per domain, validated.
+
+Every stage reads its own section of this model, and a section's values are part of that stage's
+version fingerprint, so a typo must fail loudly before any work starts rather than silently fall
+back to a default. Hence `extra="forbid"` everywhere and errors that name the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the file and the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HttpConfig(Section):
+    user_agent: str = "loretune/0.1 (fandom lore fine-tuning; +https://github.com/loretune/loretune)"
+    connect_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(3, ge=0, le=10)
+    backoff_s: float = Field(1.0, ge=0)
+    max_response_bytes: int = Field(20_000_000, gt=0)
+
+
+class FandomSource(Section):
+    enabled: bool = True
+    api_url: str = "https://naruto.fandom.com/api.php"
+    categories: list[str] = ["Characters", "Jutsu"]
+    batch_size: int = Field(50, ge=1, le=50, description="titles per prop=revisions request (API max 50)")
+    max_pages: int | None = Field(None, ge=1)
+    license: str = "CC BY-SA 3.0"
+
+
+class SourcesConfig(Section):
+    fandom: FandomSource = FandomSource()
+
+
+class ImagesConfig(Section):
+    max_bytes: int = Field(5_000_000, gt=0)
+    max_pixels: int = Field(25_000_000, gt=0)
+    max_images: int | None = Field(None, ge=0)
+
+
+class FeaturesConfig(Section):
+    clip_model: str = "loretune-tiny-vit"
+    # None: random weights (said so in the log and the manifest). A tag such as
+    # "laion2b_s34b_b79k" or a local weights file selects real ones.
+    pretrained: str | None = None
+    batch_size: int = Field(16, ge=1)
+    seed: int = 0
+
+
+class DatasetConfig(Section):
+    seed: int = 0
+    val_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+    system_prompt: str = "You are a helpful expert on the lore of {domain}."
+    max_answer_chars: int = Field(600, ge=50)
+    paraphrase_repeats: int = Field(2, ge=1, le=10)
+    near_duplicate_threshold: float = Field(0.8, gt=0.0, le=1.0)
+
+
+class TinyModelConfig(Section):
+    vocab_size: int = Field(2048, ge=256)
+    hidden_size: int = Field(128, ge=16)
+    num_hidden_layers: int = Field(2, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(256, ge=16)
+    max_position_embeddings: int = Field(512, ge=64)
+    seed: int = 0
+
+
+class ModelConfig(Section):
+    # "tiny" builds a small Llama and a tokenizer trained on the corpus, locally; anything else is
+    # a Hugging Face model id or a local path (e.g. "unsloth/Llama-3.2-1B-Instruct-bnb-4bit").
+    base: str = "tiny"
+    tiny: TinyModelConfig = TinyModelConfig()
+    image_tokens: int = Field(2, ge=1, le=64, description="soft tokens one image becomes")
+
+
+class LoraConfig(Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    use_rslora: bool = False
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    # Fully trained (not low-rank) modules saved with the adapter, e.g. ["norm"] or ["lm_head"];
+    # the image projector is always among them.
+    modules_to_save: list[str] = []
+
+
+class TrainingConfig(Section):
+    backend: Literal["auto", "hf", "unsloth"] = "auto"
+    lora: LoraConfig = LoraConfig()
+    learning_rate: float = Field(3e-3, gt=0)
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    max_steps: int = Field(240, ge=1)
+    save_steps: int = Field(80, ge=1)
+    batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(256, ge=16)
+    packing: bool = False
+    seed: int = 0
+    load_in_4bit: bool = True
+
+
+class EvaluationConfig(Section):
+    batch_size: int = Field(16, ge=1)
+
+
+class LoretuneConfig(Section):
+    domain: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    store: str | None = None
+    http: HttpConfig = HttpConfig()
+    sources: SourcesConfig = SourcesConfig()
+    images: ImagesConfig = ImagesConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    def store_uri(self) -> str:
+        """Where artifacts live: the config's `store`, else the project's state folder."""
+        return self.store or str(state_dir() / "store")
+
+
+def state_dir() -> Path:
+    """The project's own state folder (Prefect DB, store, logs); never the home directory."""
+    return Path(os.environ.get("LORETUNE_HOME", ".loretune")).resolve()
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`a.b=value` pairs from the command line; values are YAML so `[a,b]` is a list."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. training.max_steps=30")
+        try:
+            overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from None
+    return overrides
+
+
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict; unknown keys are left for validation to reject."""
+    merged = _deep_copy(data)
+    for dotted, value in overrides.items():
+        node = merged
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {} if child is None else child
+                if not isinstance(child, dict):
+                    raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+                node[part] = child
+            node = child
+        node[leaf] = value
+    return merged
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> LoretuneConfig:
+    """Read, override and validate a domain config; every problem is one `ConfigError`."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    data = apply_overrides(data, overrides or {})
+    try:
+        return LoretuneConfig.model_validate(data)
+    except ValidationError as exc:
+        origin = f"{path} (with overrides {sorted(overrides)})" if overrides else str(path)
+        raise ConfigError(_describe(origin, exc)) from None
+
+
+def _describe(origin: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<top level>"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+        elif err["type"] == "missing":
+            lines.append(f"{key}: required key is missing")
+        else:
+            lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+    return f"{origin}: invalid config:\n  " + "\n  ".join(lines)
+
+
+def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}

@@ -1,0 +1,48 @@
+"""Stage versions: a fingerprint of input versions, parameters and code.
+
+Same fingerprint, same artifact. The fingerprint must therefore be stable across processes and
+machines (canonical JSON, no `hash()`), and it must change whenever the code that computes the
+stage changes, or a fix would be hidden behind a stale artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from types import ModuleType
+from typing import Any
+
+from pydantic import BaseModel
+
+VERSION_LENGTH = 16
+
+
+def canonical(value: Any) -> Any:
+    """Turn config models, artifact refs and containers into plain, order-stable JSON values."""
+    if hasattr(value, "fingerprint_token"):
+        return value.fingerprint_token()
+    if isinstance(value, BaseModel):
+        return canonical(value.model_dump(mode="json"))
+    if isinstance(value, dict):
+        return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    raise TypeError(f"cannot fingerprint a {type(value).__name__}: {value!r}")
+
+
+def digest(value: Any, length: int = VERSION_LENGTH) -> str:
+    payload = json.dumps(canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()[:length]
+
+
+def code_version(*modules: ModuleType) -> str:
+    """Hash of the source of the modules a stage runs; any edit to them re-runs the stage."""
+    sources = [inspect.getsource(m) for m in sorted(modules, key=lambda m: m.__name__)]
+    return hashlib.sha256("\n".join(sources).encode()).hexdigest()[:12]
+
+
+def stage_version(stage: str, code: str, inputs: dict[str, Any]) -> str:
+    return digest({"stage": stage, "code": code, "inputs": inputs})

@@ -1,0 +1,193 @@
+"""Fetch images, refuse the ones that are unsafe or unusable, and store the rest by content.
+
+Images are stored as ``blobs/<sha256>.<ext>`` so the same picture reached through two URLs is kept
+once, and everything downstream (CLIP features, dataset references) can key on content rather than
+on where the picture happened to be found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+# Format name as Pillow reports it -> file extension. Anything else is refused: these are the formats
+# every consumer (CLIP preprocessing, the chat UI, browsers) can read.
+ALLOWED_FORMATS: dict[str, str] = {"PNG": "png", "JPEG": "jpg", "GIF": "gif", "WEBP": "webp"}
+
+INDEX_SCHEMA = pa.schema(
+    [
+        ("url", pa.string()),
+        ("sha256", pa.string()),
+        ("file", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("mime", pa.string()),
+        ("bytes", pa.int64()),
+        ("error", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    url: str
+    sha256: str | None  # None when the image failed
+    file: str | None  # relative to the artifact folder: "blobs/<sha256>.<ext>"
+    width: int | None
+    height: int | None
+    mime: str | None
+    bytes: int | None
+    error: str | None  # why it was refused or failed, naming the url
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    """What check_image learned while validating; format is one of ALLOWED_FORMATS."""
+
+    width: int
+    height: int
+    format: str
+
+
+class ImageRefused(ValueError):
+    """An image we fetched but will not keep; the message says why."""
+
+
+def fetch_images(
+    urls: Iterable[str],
+    out_dir: Path,
+    get_bytes: Callable[[str], bytes],
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    log: Callable[[str], None] = print,
+) -> list[ImageRecord]:
+    """Fetch each distinct URL once, keep the valid images under ``out_dir/blobs``.
+
+    One record per distinct URL, in the order each URL first appears, so the output is the same
+    for the same input. A failing URL becomes a record with ``error`` set; it never stops the rest,
+    because one broken picture on a wiki page should not cost the whole night's images.
+    """
+    unique_urls = list(dict.fromkeys(urls))
+    blob_dir = out_dir / "blobs"
+    blob_dir.mkdir(parents=True, exist_ok=True)
+    total = len(unique_urls)
+    every = max(1, total // 10)  # about ten progress lines per run, however many images
+    records: list[ImageRecord] = []
+    failed = 0
+    for done, url in enumerate(unique_urls, start=1):
+        record = _fetch_one(url, out_dir, get_bytes, max_bytes=max_bytes, max_pixels=max_pixels)
+        if record.error is not None:
+            failed += 1
+            log(record.error)
+        records.append(record)
+        if done % every == 0 or done == total:
+            log(f"images: {done}/{total} fetched ({failed} failed)")
+    return records
+
+
+def _fetch_one(
+    url: str, out_dir: Path, get_bytes: Callable[[str], bytes], *, max_bytes: int, max_pixels: int
+) -> ImageRecord:
+    """Fetch, check and store one image, turning any failure into a record instead of an exception."""
+    try:
+        data = get_bytes(url)
+    except Exception as exc:  # noqa: BLE001 - whatever the transport raised, it is this url's failure
+        return _failed(url, f"fetch failed: {type(exc).__name__}: {exc}")
+    try:
+        checked = check_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    except ImageRefused as exc:
+        return _failed(url, f"refused: {exc}")
+    sha256 = hashlib.sha256(data).hexdigest()
+    file = f"blobs/{sha256}.{ALLOWED_FORMATS[checked.format]}"
+    _store_once(out_dir / file, data)
+    return ImageRecord(
+        url=url,
+        sha256=sha256,
+        file=file,
+        width=checked.width,
+        height=checked.height,
+        mime=Image.MIME[checked.format],
+        bytes=len(data),
+        error=None,
+    )
+
+
+def check_image(data: bytes, *, max_bytes: int, max_pixels: int) -> CheckedImage:
+    """Decide whether ``data`` is an image we keep; raise ImageRefused saying why not.
+
+    The byte cap comes before any decoding and the pixel cap before decoding pixel data, because
+    those are the two ways a hostile or broken file costs memory. ``verify()`` catches corrupt PNGs
+    cheaply, but it checks little for JPEG/GIF/WEBP, so the image is also fully loaded: a truncated
+    JPEG found here is one record's error, found later it would crash CLIP feature extraction.
+    """
+    if len(data) > max_bytes:
+        raise ImageRefused(f"{len(data)} bytes is over the limit of {max_bytes} bytes")
+    try:
+        with Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS)) as image:
+            image.verify()
+        with Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS)) as image:
+            width, height = image.size
+            # Pillow calls a JPEG with extra frames (phone cameras) MPO; it is still a JPEG file
+            # that every JPEG decoder reads, so it is kept as one.
+            image_format = "JPEG" if image.format == "MPO" else image.format
+            if width * height > max_pixels:
+                raise ImageRefused(
+                    f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels} pixels"
+                )
+            image.load()
+    except ImageRefused:
+        raise
+    except Image.UnidentifiedImageError:
+        raise ImageRefused(
+            f"not a {'/'.join(ALLOWED_FORMATS)} image (Pillow could not identify {len(data)} bytes)"
+        ) from None
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses on its own above 2 * Image.MAX_IMAGE_PIXELS, before our own check can run.
+        # That limit is a process-wide global, so it is reported here rather than changed under
+        # other threads (Prefect's thread-pool runner).
+        raise ImageRefused(f"too many pixels (Pillow's decompression-bomb check: {exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # Pillow reports truncated and corrupt files through all of these.
+        raise ImageRefused(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from None
+    if image_format not in ALLOWED_FORMATS:  # formats= should already exclude it; belt and braces
+        raise ImageRefused(f"format {image_format} is not one of {', '.join(ALLOWED_FORMATS)}")
+    return CheckedImage(width=width, height=height, format=image_format)
+
+
+def _store_once(path: Path, data: bytes) -> None:
+    """Write a blob unless it is already there; content addressing makes an existing file correct.
+
+    Written to a temporary name and renamed, so a crash never leaves a half blob that a later run
+    would then trust because its name looks right.
+    """
+    if path.exists():
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _failed(url: str, reason: str) -> ImageRecord:
+    return ImageRecord(
+        url=url, sha256=None, file=None, width=None, height=None, mime=None, bytes=None,
+        error=f"image {url}: {reason}",
+    )
+
+
+def write_index(records: list[ImageRecord], path: Path) -> None:
+    """Write one parquet row per URL, failures included, so the artifact shows what was refused."""
+    columns = {name: [getattr(r, name) for r in records] for name in INDEX_SCHEMA.names}
+    pq.write_table(pa.table(columns, schema=INDEX_SCHEMA), path)
+
+
+def read_index(path: Path) -> list[ImageRecord]:
+    return [ImageRecord(**row) for row in pq.read_table(path).to_pylist()]

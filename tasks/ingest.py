@@ -1,0 +1,59 @@
+"""The documents stage: ask every source, publish a new version only if the content changed.
+
+Ingest cannot know whether a source changed without asking it, so this task is never cached. Its
+version is the corpus content hash, so an unchanged night publishes nothing and every downstream
+stage keys on the same version and is a cache hit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from loretune.config import HttpConfig, SourcesConfig
+from loretune.fingerprint import canonical, code_version, digest
+from loretune.ingest import documents, fandom, http, sources, wikitext
+from loretune.store import ArtifactRef, ArtifactStore
+from loretune.tasks.stage import announce, run_provenance
+
+STAGE = "documents"
+CODE = code_version(documents, fandom, http, sources, wikitext)
+
+
+@task(name="ingest", cache_policy=NO_CACHE)
+def ingest_documents(store: str, domain: str, sources_cfg: SourcesConfig, http_cfg: HttpConfig) -> ArtifactRef:
+    logger = get_run_logger()
+    docs, reports = sources.collect(sources_cfg, http_cfg, log=logger.info)
+    report_rows = [{"source": name, **{k: v for k, v in dataclasses.asdict(r).items() if k != "stats"}}
+                   for name, r in reports.items()]
+    create_table_artifact(key=f"{domain}-sources", table=report_rows,
+                          description="what each source returned in this run")
+    failed = [row["source"] for row in report_rows if row["status"] == "failed"]
+    if failed:
+        logger.warning("sources failed and were left out of this run: %s (see the %s-sources artifact)",
+                       ", ".join(failed), domain)
+
+    artifacts = ArtifactStore(store)
+    version = digest({"stage": STAGE, "corpus": documents.corpus_hash(docs)})
+    if artifacts.exists(STAGE, version):
+        logger.info("documents unchanged (%s documents, version %s); nothing published", len(docs), version)
+        return artifacts.ref(STAGE, version)
+
+    def build(out: Path) -> dict:
+        documents.write_documents(docs, out / "documents.parquet")
+        return {"documents": len(docs), **{f"{name}_documents": r.documents for name, r in reports.items()}}
+
+    manifest = artifacts.publish(STAGE, version, build, manifest_fields={
+        "inputs": {},
+        "parameters": canonical({"sources": sources_cfg}),
+        "code_version": CODE,
+        "sources": {row.pop("source"): row for row in [dict(r) for r in report_rows]},
+        **run_provenance(),
+    })
+    logger.info("published documents %s: %s documents", version, len(docs))
+    announce(domain, manifest)
+    return artifacts.ref(STAGE, version)

@@ -1,0 +1,70 @@
+"""The base-model and checkpoints stages.
+
+Training runs in a scratch folder kept under the state directory, keyed by the stage version, so
+a crashed or cancelled run resumes from its last checkpoint next time instead of starting over;
+only a finished run is published to the store.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from loretune.config import ModelConfig, TrainingConfig, state_dir
+from loretune.fingerprint import code_version
+from loretune.multimodal import fusion
+from loretune.multimodal.clip import read_features
+from loretune.store import ArtifactRef
+from loretune.tasks.stage import StageCache, publish_stage, stage_inputs
+from loretune.training import backends, chat, dataset, sft, tiny_model
+
+BASE_MODEL = StageCache(stage="model", code=code_version(tiny_model))
+CHECKPOINTS = StageCache(stage="checkpoints", code=code_version(sft, chat, backends, fusion))
+BASE_FILE = "base_model.json"
+
+
+def base_model_location(base: ArtifactRef) -> str:
+    """A local folder for the tiny model, else the Hugging Face id the artifact records."""
+    folder = base.local_path()
+    return json.loads((folder / BASE_FILE).read_text())["base"] if (folder / BASE_FILE).exists() else str(folder)
+
+
+@task(name="model", cache_policy=BASE_MODEL, persist_result=True)
+def build_base_model(store: str, domain: str, dataset_ref: ArtifactRef, params: ModelConfig) -> ArtifactRef:
+    logger = get_run_logger()
+
+    def build(out: Path) -> dict:
+        if params.base != "tiny":
+            (out / BASE_FILE).write_text(json.dumps({"base": params.base}))
+            return {"base": params.base}
+        texts = dataset.corpus_texts(dataset_ref.local_path())
+        sizes = tiny_model.build_and_save(texts, out, **params.tiny.model_dump())
+        logger.info("built the tiny model: %s parameters, vocabulary %s", f"{sizes['parameters']:,}", sizes["vocab_size"])
+        return {**sizes, "base": "tiny"}
+
+    return publish_stage(BASE_MODEL, build)
+
+
+@task(name="train", cache_policy=CHECKPOINTS, persist_result=True)
+def train(store: str, domain: str, dataset_ref: ArtifactRef, features: ArtifactRef, base: ArtifactRef,
+          params: TrainingConfig, image_tokens: int) -> ArtifactRef:
+    logger = get_run_logger()
+    scratch = state_dir() / "work" / f"checkpoints-{CHECKPOINTS.version(stage_inputs())}"
+    vectors = read_features(features.local_path() / "features.parquet")
+
+    def build(out: Path) -> dict:
+        checkpoints = sft.train(
+            dataset_dir=dataset_ref.local_path(), features=vectors,
+            clip_dim=features.manifest()["counts"]["embed_dim"], base_model=base_model_location(base),
+            output_dir=scratch, cfg=params, image_tokens=image_tokens, log=logger.info)
+        for checkpoint in checkpoints:
+            shutil.copytree(checkpoint.path, out / checkpoint.path.name)
+        shutil.copy(scratch / sft.MULTIMODAL_FILE, out / sft.MULTIMODAL_FILE)
+        return {"checkpoints": len(checkpoints), "steps": checkpoints[-1].step}
+
+    ref = publish_stage(CHECKPOINTS, build)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return ref

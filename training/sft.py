@@ -1,0 +1,187 @@
+"""LoRA fine-tuning with PEFT + TRL's SFTTrainer, images fused into the input embeddings.
+
+TRL owns the loop (optimiser, schedule, checkpointing every `save_steps`, resuming). The only
+addition is `FusionSFTTrainer.compute_loss`, which turns (token ids, CLIP features) into input
+embeddings with the image prefix before TRL's own loss runs. The projector trains and saves with
+the adapter through PEFT's `modules_to_save`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from datasets import DatasetDict
+from peft import LoraConfig, get_peft_model
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+from trl import SFTConfig, SFTTrainer
+
+from loretune.config import TrainingConfig
+from loretune.multimodal.fusion import PROJECTOR_NAME, attach_projector, fuse
+from loretune.training.backends import default_device, load_base, resolve_backend
+from loretune.training.chat import IGNORE, encode_chat
+
+MULTIMODAL_FILE = "loretune_multimodal.json"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    path: Path
+
+
+class FusionCollator:
+    """Pads token ids and labels, and looks up each row's CLIP features by image sha256."""
+
+    def __init__(self, pad_id: int, features: dict[str, np.ndarray], clip_dim: int):
+        self.pad_id = pad_id
+        self.features = features
+        self.clip_dim = clip_dim
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+
+        def pad(seq: list[int], value: int) -> list[int]:
+            return list(seq) + [value] * (width - len(seq))
+
+        batch = {
+            "input_ids": torch.tensor([pad(r["input_ids"], self.pad_id) for r in rows]),
+            "attention_mask": torch.tensor([pad([1] * len(r["input_ids"]), 0) for r in rows]),
+            "image_features": torch.zeros(len(rows), self.clip_dim),
+            "has_image": torch.zeros(len(rows), dtype=torch.bool),
+        }
+        if "labels" in rows[0]:
+            batch["labels"] = torch.tensor([pad(r["labels"], IGNORE) for r in rows])
+        for i, row in enumerate(rows):
+            vector = self.features.get(row.get("image_sha256") or "")
+            if vector is not None:
+                batch["image_features"][i] = torch.from_numpy(np.asarray(vector, dtype=np.float32))
+                batch["has_image"][i] = True
+        return batch
+
+
+class FusionSFTTrainer(SFTTrainer):
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        fused = fuse(
+            model,
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            inputs["image_features"],
+            inputs["has_image"],
+            inputs["labels"],
+        )
+        return super().compute_loss(model, fused, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+
+class ProgressLog(TrainerCallback):
+    """One line per logging step, so long runs show progress in the Prefect UI's logs."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log = log
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in logs.items() if isinstance(v, (int, float)))
+            self.log(f"train: step {state.global_step}/{state.max_steps}: {shown}")
+
+
+def lora_config(cfg: TrainingConfig) -> LoraConfig:
+    return LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        use_rslora=cfg.lora.use_rslora,
+        target_modules=list(cfg.lora.target_modules),
+        modules_to_save=[PROJECTOR_NAME, *cfg.lora.modules_to_save],
+        task_type="CAUSAL_LM",
+    )
+
+
+def encode_splits(dataset_dir: Path, tokenizer: Any, max_length: int) -> DatasetDict:
+    splits = DatasetDict.load_from_disk(str(dataset_dir / "sft"))
+
+    def encode(row: dict[str, Any]) -> dict[str, Any]:
+        return {**encode_chat(tokenizer, row["messages"], max_length), "image_sha256": row["image_sha256"]}
+
+    encoded = splits.map(encode, remove_columns=splits["train"].column_names)
+    return encoded.filter(lambda row: any(label != IGNORE for label in row["labels"]))
+
+
+def train(
+    *,
+    dataset_dir: Path,
+    features: dict[str, np.ndarray],
+    clip_dim: int,
+    base_model: str,
+    output_dir: Path,
+    cfg: TrainingConfig,
+    image_tokens: int,
+    log: Callable[[str], None] = print,
+) -> list[Checkpoint]:
+    """Train, saving a checkpoint every `save_steps` into `output_dir`; resumes if it holds any."""
+    resolve_backend(cfg.backend, log)
+    device = default_device()
+    tokenizer, model = load_base(base_model, device)
+    attach_projector(model, clip_dim, image_tokens, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = get_peft_model(model, lora_config(cfg))
+    trainable, total = model.get_nb_trainable_parameters()
+    log(f"train: {trainable:,} trainable of {total:,} parameters (LoRA r={cfg.lora.r} + image projector)")
+
+    data = encode_splits(dataset_dir, tokenizer, cfg.max_length)
+    log(f"train: {len(data['train'])} training and {len(data['validation'])} validation examples")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / MULTIMODAL_FILE).write_text(json.dumps(
+        {"clip_dim": clip_dim, "image_tokens": image_tokens, "projector_seed": cfg.seed, "base_model": base_model}
+    ))
+    has_validation = len(data["validation"]) > 0
+    args = SFTConfig(
+        output_dir=str(output_dir),
+        max_steps=cfg.max_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        eval_strategy="steps" if has_validation else "no",
+        eval_steps=cfg.save_steps,
+        logging_steps=max(1, min(20, cfg.save_steps // 2)),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=device == "cpu",
+        dataloader_pin_memory=False,
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+    )
+    trainer = FusionSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"] if has_validation else None,
+        processing_class=tokenizer,
+        data_collator=FusionCollator(tokenizer.pad_token_id, features, clip_dim),
+        callbacks=[ProgressLog(log)],
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints raw dicts to stdout; ProgressLog logs them
+    resume = any(output_dir.glob("checkpoint-*"))
+    if resume:
+        log(f"train: resuming from the last checkpoint in {output_dir}")
+    trainer.train(resume_from_checkpoint=resume or None)
+    return list_checkpoints(output_dir)
+
+
+def list_checkpoints(output_dir: Path) -> list[Checkpoint]:
+    found = [Checkpoint(int(p.name.split("-")[1]), p) for p in output_dir.glob("checkpoint-*") if p.is_dir()]
+    return sorted(found, key=lambda c: c.step)
