@@ -133,6 +133,9 @@ class ArtifactStore:
             Path(final).parent.mkdir(parents=True, exist_ok=True)
             if Path(final).exists():  # a leftover without manifest: never a valid artifact
                 shutil.rmtree(final)
+            for path in scratch.rglob("*"):  # a reader that tries to write into an artifact fails loudly
+                if path.is_file():
+                    path.chmod(0o444)
             os.rename(scratch, final)
             return
         data = [p for p in scratch.rglob("*") if p.is_file() and p.name != MANIFEST]

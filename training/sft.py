@@ -60,7 +60,7 @@ class FusionCollator:
         for i, row in enumerate(rows):
             vector = self.features.get(row.get("image_sha256") or "")
             if vector is not None:
-                batch["image_features"][i] = torch.from_numpy(np.asarray(vector, dtype=np.float32))
+                batch["image_features"][i] = torch.tensor(vector, dtype=torch.float32)
                 batch["has_image"][i] = True
         return batch
 
@@ -108,8 +108,9 @@ def encode_splits(dataset_dir: Path, tokenizer: Any, max_length: int) -> Dataset
     def encode(row: dict[str, Any]) -> dict[str, Any]:
         return {**encode_chat(tokenizer, row["messages"], max_length), "image_sha256": row["image_sha256"]}
 
-    encoded = splits.map(encode, remove_columns=splits["train"].column_names)
-    return encoded.filter(lambda row: any(label != IGNORE for label in row["labels"]))
+    # In memory: `map` would otherwise write cache files into the (immutable) dataset artifact.
+    encoded = splits.map(encode, remove_columns=splits["train"].column_names, keep_in_memory=True)
+    return encoded.filter(lambda row: any(label != IGNORE for label in row["labels"]), keep_in_memory=True)
 
 
 def train(

@@ -1,0 +1,145 @@
+"""The finetune flow end to end on the sample sources, under Prefect's test harness.
+
+One cold run in a fresh store, then re-runs that each change one thing, checking which stages
+worked (Completed) and which were cache hits (Cached), and what the store holds afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from loretune.config import ConfigError
+from loretune.store import MANIFEST, ArtifactStore, content_hash
+
+FAST = {"training.max_steps": 4, "training.save_steps": 2, "evaluation.batch_size": 32}
+STAGES = ["documents", "images", "features", "dataset", "model", "checkpoints", "evaluation"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("store")
+
+
+@pytest.fixture(scope="module")
+def run(prefect_server, samples, store):
+    from loretune.flows.finetune import finetune
+
+    def run_(**overrides):
+        return finetune(config="deployments/naruto.yaml", overrides={"store": str(store), **FAST, **overrides},
+                        sample_sources=samples.base_url)
+
+    return run_
+
+
+@pytest.fixture(scope="module")
+def cold(run):
+    return run()
+
+
+def versions(store: Path) -> dict[str, set[str]]:
+    artifacts = ArtifactStore(store)
+    return {stage: {m["version"] for m in artifacts.versions(stage)} for stage in artifacts.stages()}
+
+
+def states(result: dict) -> dict[str, str]:
+    return {stage: v["state"] for stage, v in result["stages"].items()}
+
+
+def test_cold_run_publishes_every_stage_with_a_valid_manifest(cold, store):
+    assert list(cold["stages"]) == STAGES
+    assert set(states(cold).values()) == {"Completed"}
+    for stage, info in cold["stages"].items():
+        folder = store / stage / info["version"]
+        manifest = json.loads((folder / MANIFEST).read_text())
+        assert manifest["stage"] == stage and manifest["version"] == info["version"]
+        assert manifest["content_hash"] == content_hash(folder), f"{stage}: content does not match its manifest"
+        assert manifest["flow_run_id"] and manifest["created_at"] and manifest["code_version"]
+        assert manifest["counts"]["files"] > 0 and manifest["counts"]["bytes"] > 0
+    assert not list((store / ".scratch").iterdir()), "scratch space must be empty after a run"
+
+
+def test_manifests_record_their_inputs(cold, store):
+    manifest = ArtifactStore(store).manifest("checkpoints", cold["stages"]["checkpoints"]["version"])
+    expected = {f"{s}@{cold['stages'][s]['version']}" for s in ("dataset", "features", "model")}
+    assert set(manifest["inputs"].values()) == expected
+    assert manifest["parameters"]["params"]["max_steps"] == 4
+
+
+def test_features_say_their_clip_weights_are_random(cold, store):
+    manifest = ArtifactStore(store).manifest("features", cold["stages"]["features"]["version"])
+    assert manifest["details"]["random_weights"] is True
+    assert "random" in manifest["details"]["model_id"]
+
+
+def test_evaluation_has_step_zero_and_every_checkpoint(cold):
+    table = cold["evaluation"]
+    assert [row["step"] for row in table] == [0, 2, 4]
+    assert table[0]["checkpoint"] == "base"
+    for row in table:
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["questions"] > 100
+        assert row["accuracy_image"] is not None
+
+
+def test_second_run_does_no_stage_work(cold, run, store):
+    before = versions(store)
+    again = run()
+    assert states(again) == {"documents": "Completed", **{s: "Cached" for s in STAGES[1:]}}
+    assert {s: v["version"] for s, v in again["stages"].items()} == {s: v["version"] for s, v in cold["stages"].items()}
+    assert versions(store) == before, "an unchanged run must publish nothing"
+
+
+def test_changed_training_parameter_reruns_only_training_and_evaluation(cold, run, store):
+    changed = run(**{"training.learning_rate": 0.001})
+    assert states(changed) == {
+        "documents": "Completed", "images": "Cached", "features": "Cached", "dataset": "Cached", "model": "Cached",
+        "checkpoints": "Completed", "evaluation": "Completed",
+    }
+    for stage in ("checkpoints", "evaluation"):
+        assert changed["stages"][stage]["version"] != cold["stages"][stage]["version"]
+        assert len(versions(store)[stage]) >= 2
+
+
+def test_deleted_artifact_is_recomputed_not_trusted_from_cache(cold, run, store):
+    version = cold["stages"]["dataset"]["version"]
+    shutil.rmtree(store / "dataset" / version)
+    again = run()
+    assert states(again)["dataset"] == "Completed"
+    assert again["stages"]["dataset"]["version"] == version
+    assert ArtifactStore(store).exists("dataset", version)
+    assert states(again)["model"] == "Cached", "same dataset version: downstream stays cached"
+
+
+def test_stage_artifacts_appear_in_prefect_under_stable_keys(cold):
+    from prefect import get_client
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def latest(key):
+        async with get_client() as client:
+            return await client.read_latest_artifacts(), key
+
+    async def by_key(key):
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+    for key, kind in [("naruto-documents", "markdown"), ("naruto-dataset", "markdown"),
+                      ("naruto-evaluation", "table"), ("naruto-evaluation-plot", "markdown"), ("naruto-run", "markdown")]:
+        found = run_coro_as_sync(by_key(key))
+        assert found, f"no Prefect artifact {key}"
+        assert found[0].type == kind
+    plot = run_coro_as_sync(by_key("naruto-evaluation-plot"))[0]
+    assert "data:image/png;base64," in plot.data
+
+
+def test_bad_config_key_is_one_clear_error(prefect_server, samples, store):
+    from loretune.flows.finetune import finetune
+
+    with pytest.raises(ConfigError) as error:
+        finetune(overrides={"store": str(store), "training.max_stepz": 3}, sample_sources=samples.base_url)
+    assert "training.max_stepz: unknown key" in str(error.value)
+    assert "naruto.yaml" in str(error.value)
