@@ -1,0 +1,151 @@
+"""The training library: chat labels, image fusion, dataset decontamination, and that a model learns.
+
+The last test is the guard the walking skeleton asked for: if labels were masked wrongly, the
+facts unreachable, or the projector untrained, a short run would not beat step 0.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from safetensors import safe_open
+
+from loretune.config import TrainingConfig
+from loretune.multimodal.fusion import attach_projector, fuse
+from loretune.training import dataset as ds
+from loretune.training.chat import IGNORE, encode_chat
+from loretune.training.evaluate import evaluate_checkpoints
+from loretune.training.sft import train
+from loretune.training.tiny_model import build_and_save, build_tiny_llama, train_tokenizer
+
+SYSTEM = "You are an expert."
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+            max_position_embeddings=256, seed=0)
+
+
+def page(i: int, image: str | None = None) -> ds.LorePage:
+    clans = ["Uzumaki", "Uchiha", "Hyuga", "Nara", "Akimichi", "Yamanaka"]
+    ranks = ["Genin", "Chunin", "Jonin", "Kage", "Sannin", "Anbu"]
+    name = ["Ayo", "Bex", "Cal", "Dov", "Eli", "Fen"][i]
+    return ds.LorePage(doc_id=f"fandom:{i}", title=f"{name} {clans[i]}",
+                       text=f"{name} {clans[i]} is a ninja of the {clans[i]} clan. {name} holds the rank of {ranks[i]}.",
+                       facts={"clan": clans[i], "rank": ranks[i]}, image=image)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = [p.text for p in map(page, range(6))] * 20 + ["What is the clan of rank? Name this picture."] * 20
+    return train_tokenizer(texts, vocab_size=400)
+
+
+def test_encode_chat_labels_only_the_answer(tokenizer):
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is the clan of Ayo?"},
+                {"role": "assistant", "content": "Uzumaki"}]
+    encoded = encode_chat(tokenizer, messages, max_length=128)
+    labelled = [t for t, label in zip(encoded["input_ids"], encoded["labels"]) if label != IGNORE]
+    assert tokenizer.decode(labelled).startswith("Uzumaki<|end|>")
+    first = encoded["labels"].index(next(label for label in encoded["labels"] if label != IGNORE))
+    assert tokenizer.decode(encoded["input_ids"][:first]).endswith("<|assistant|>\n")
+    with pytest.raises(ValueError, match="assistant"):
+        encode_chat(tokenizer, messages[:-1], max_length=128)
+
+
+def test_text_only_rows_are_unaffected_by_the_image_prefix(tokenizer):
+    model = build_tiny_llama(tokenizer, **TINY).eval()
+    attach_projector(model, clip_dim=8, n_tokens=3, seed=0)
+    ids = torch.tensor([tokenizer("Ayo Uzumaki is a ninja")["input_ids"]])
+    mask = torch.ones_like(ids)
+    plain = model(input_ids=ids, attention_mask=mask).logits
+    with torch.no_grad():
+        fused = fuse(model, ids, mask, torch.randn(1, 8), torch.tensor([False]))
+        prefixed = model(**fused).logits[:, 3:]
+    # Positions shift by the prefix length, so compare the next-token distributions' ranking.
+    assert torch.equal(plain.argmax(-1), prefixed.argmax(-1))
+    torch.testing.assert_close(torch.softmax(plain, -1), torch.softmax(prefixed, -1), atol=0.02, rtol=0)
+
+
+def test_an_image_changes_what_the_model_predicts(tokenizer):
+    model = build_tiny_llama(tokenizer, **TINY).eval()
+    attach_projector(model, clip_dim=8, n_tokens=2, seed=0)
+    ids = torch.tensor([tokenizer("Name this picture.")["input_ids"]] * 2)
+    with torch.no_grad():
+        fused = fuse(model, ids, torch.ones_like(ids), torch.randn(2, 8), torch.tensor([True, True]))
+        logits = model(**fused).logits
+    assert not torch.allclose(logits[0, -1], logits[1, -1])
+
+
+def test_eval_questions_never_appear_in_training_but_their_facts_do():
+    pages = [page(i) for i in range(6)]
+    rows = ds.training_examples(pages, SYSTEM, max_answer_chars=200)
+    prompts = {r["messages"][1]["content"] for r in rows}
+    answers = {(r["doc_id"], r["messages"][2]["content"]) for r in rows}
+    questions = ds.evaluation_questions(pages, seed=0)
+    assert len(questions) == 12
+    for q in questions:
+        assert q["question"] not in prompts
+        assert (q["doc_id"], q["options"][q["answer"]]) in answers, "the fact must be taught in training"
+        assert q["options"][0] != q["options"][1]
+
+
+def test_decontamination_drops_exact_and_near_duplicates():
+    pages = [page(i) for i in range(6)]
+    questions = ds.evaluation_questions(pages, seed=0)
+    leaked = questions[0]["question"]
+    near = "In the lore which " + leaked.split("which ", 1)[1].rstrip("?") + " ?"
+    report = ds.BuildReport()
+    kept = ds.decontaminate(questions, {leaked, near.upper(), "unrelated prompt"}, threshold=0.8, report=report)
+    assert report.dropped_exact == 1
+    assert leaked not in {q["question"] for q in kept}
+    assert len(kept) == len(questions) - 1 - report.dropped_near_duplicate
+
+
+def test_prose_chunks_respect_the_answer_length():
+    text = " ".join(f"Sentence number {i} is here." for i in range(60))
+    chunks = ds.chunk_prose(text, max_chars=120)
+    assert all(len(c) <= 120 for c in chunks)
+    assert " ".join(chunks).split() == text.split()
+
+
+def test_short_training_beats_step_zero_and_saves_the_projector(tmp_path):
+    """Facts and pictures from training, asked back the way training asked them."""
+    rng = np.random.default_rng(0)
+    features = {f"img{i}": rng.standard_normal(8).astype(np.float32) for i in range(6)}
+    pages = [page(i, image=f"img{i}") for i in range(6)]
+    rows = [r for r in ds.training_examples(pages, SYSTEM, max_answer_chars=200) if r["kind"] != "prose"]
+    (tmp_path / "data").mkdir()
+    from datasets import DatasetDict
+
+    DatasetDict({"train": Dataset.from_list(rows * 4), "validation": Dataset.from_list(rows[:4])}).save_to_disk(
+        str(tmp_path / "data" / "sft"))
+    texts = [m["content"] for r in rows for m in r["messages"]] * 5
+    build_and_save(texts, tmp_path / "base", vocab_size=400, **TINY)
+
+    cfg = TrainingConfig(max_steps=80, save_steps=40, batch_size=8, learning_rate=1e-2, warmup_ratio=0.0,
+                         max_length=64)
+    checkpoints = train(dataset_dir=tmp_path / "data", features=features, clip_dim=8, base_model=str(tmp_path / "base"),
+                        output_dir=tmp_path / "ckpt", cfg=cfg, image_tokens=2, log=lambda m: None)
+    assert [c.step for c in checkpoints] == [40, 80]
+    with safe_open(str(checkpoints[-1].path / "adapter_model.safetensors"), "pt") as f:
+        assert any("image_projector" in k for k in f.keys()), "the projector must be saved with the adapter"
+
+    def ask(r: dict, wrong: str) -> dict:
+        right = r["messages"][2]["content"]
+        return {"question": r["messages"][1]["content"], "options": [right, wrong], "answer": 0,
+                "kind": r["kind"], "field": "", "doc_id": r["doc_id"], "image_sha256": r["image_sha256"],
+                "system": SYSTEM}
+
+    facts = [ask(r, wrong) for r in rows if r["kind"] == "fact"
+             for wrong in {"Uzumaki", "Genin"} - {r["messages"][2]["content"]}]
+    pictures = [ask(r, p.title) for r in rows if r["kind"] == "image" and r["messages"][1]["content"] == rows[-1]["messages"][1]["content"]
+                for p in pages if p.title != r["messages"][2]["content"]]
+    table = evaluate_checkpoints(base_model=str(tmp_path / "base"), checkpoints=checkpoints,
+                                 questions=Dataset.from_list(facts + pictures), features=features,
+                                 batch_size=32, max_length=64, log=lambda m: None)
+    assert [r["step"] for r in table] == [0, 40, 80]
+    assert table[-1]["accuracy_fact"] >= 0.9 > table[0]["accuracy_fact"]
+    assert table[-1]["accuracy_image"] >= 0.9 > table[0]["accuracy_image"], "the projector did not learn"
+    assert json.loads((tmp_path / "ckpt" / "loretune_multimodal.json").read_text())["clip_dim"] == 8
