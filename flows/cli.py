@@ -116,21 +116,19 @@ def store_ls(config: str = CONFIG, store: Optional[str] = STORE, set: list[str] 
 
 @app.command()
 def report(flow_run: str = typer.Option(..., "--flow-run", help="flow run id")) -> None:
-    """The per-checkpoint evaluation table of a finetune flow run (from its Prefect result)."""
-    from prefect import get_client
-    from prefect.utilities.asyncutils import run_coro_as_sync
+    """The stage versions and per-checkpoint evaluation table of a finetune flow run."""
+    from loretune.flows.stages import read_ledger
+    from loretune.store import ArtifactRef
+    from loretune.tasks.evaluation import read_table
 
-    async def fetch() -> Any:
-        async with get_client() as client:
-            run_ = await client.read_flow_run(flow_run)
-            return run_.state, await run_.state.result(raise_on_failure=False, fetch=True)
-
-    state, result = run_coro_as_sync(fetch())
-    if not isinstance(result, dict) or "evaluation" not in result:
-        _fail(f"flow run {flow_run} ended {state.name} and has no evaluation table")
-    _print_stages(result)
+    ledger = read_ledger(flow_run)
+    stages = {row["stage"]: row for row in ledger}
+    if "evaluation" not in stages:
+        _fail(f"flow run {flow_run} published no evaluation (did it fail? see its logs in the Prefect UI)")
+    store = stages["evaluation"]["store"]
+    _print_stages({"store": store, "stages": stages})
     typer.echo("")
-    _print_table(result["evaluation"])
+    _print_table(read_table(ArtifactRef(store, "evaluation", stages["evaluation"]["version"])))
 
 
 def _print_stages(result: dict) -> None:

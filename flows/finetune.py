@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 
-from loretune.flows.stages import ledger_markdown, prepare_data, resolve_config, run_stage
+from loretune.flows.stages import prepare_data, publish_ledger, resolve_config, run_stage
 from loretune.tasks.evaluation import evaluate_checkpoints, read_table
 from loretune.tasks.training import build_base_model, train
 
@@ -30,16 +29,5 @@ def finetune(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] 
     evaluation = run_stage(evaluate_checkpoints, ledger, **common, checkpoints=checkpoints,
                            dataset_ref=data["dataset"], features=data["features"], base=base,
                            params=cfg.evaluation, max_length=cfg.training.max_length)
-    table = read_table(evaluation)
-    create_markdown_artifact(key=f"{cfg.domain}-run", markdown=ledger_markdown(cfg.domain, ledger, store)
-                             + "\n" + _table_markdown(table), description="stage versions of this run")
-    return {"store": store, "stages": ledger, "evaluation": table}
-
-
-def _table_markdown(table: list[dict[str, Any]]) -> str:
-    columns = ["step", "accuracy", "accuracy_fact", "accuracy_image", "eval_loss"]
-    def cell(v: Any) -> str:
-        return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in table]
-    return "\n".join(lines) + "\n"
+    publish_ledger(f"{cfg.domain}-run", ledger, store)
+    return {"store": store, "stages": ledger, "evaluation": read_table(evaluation)}

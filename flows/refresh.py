@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 
-from loretune.flows.stages import ledger_markdown, prepare_data, resolve_config, run_stage
+from loretune.flows.stages import prepare_data, publish_ledger, resolve_config, run_stage
 from loretune.tasks.ingest import ingest_documents
 
 
@@ -18,8 +17,7 @@ def refresh(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] |
     cfg = resolve_config(config, overrides, sample_sources)
     ledger: dict[str, dict[str, str]] = {}
     prepare_data(cfg, ledger)
-    create_markdown_artifact(key=f"{cfg.domain}-refresh", markdown=ledger_markdown(cfg.domain, ledger, cfg.store_uri()),
-                             description="stage versions of this refresh")
+    publish_ledger(f"{cfg.domain}-refresh", ledger, cfg.store_uri())
     return {"store": cfg.store_uri(), "stages": ledger}
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
+from prefect.artifacts import create_table_artifact
 
 from loretune.config import LoretuneConfig, load_config
 from loretune.samples.server import sample_overrides
@@ -42,6 +45,25 @@ def prepare_data(cfg: LoretuneConfig, ledger: dict[str, dict[str, str]]) -> dict
     return {"documents": documents, "images": images, "features": features, "dataset": dataset}
 
 
-def ledger_markdown(domain: str, ledger: dict[str, dict[str, str]], store: str) -> str:
-    rows = "\n".join(f"| {stage} | `{v['version']}` | {v['state']} |" for stage, v in ledger.items())
-    return f"### {domain} run\n\nstore: `{store}`\n\n| stage | version | state |\n|---|---|---|\n{rows}\n"
+def publish_ledger(key: str, ledger: dict[str, dict[str, str]], store: str) -> None:
+    """This run's stage versions and states, as a table `loretune report` reads back."""
+    rows = [{"stage": stage, "version": v["version"], "state": v["state"], "store": store} for stage, v in ledger.items()]
+    create_table_artifact(key=key, table=rows, description="stage versions of this flow run (Cached = no work done)")
+
+
+def read_ledger(flow_run_id: str) -> list[dict[str, str]]:
+    """The stage table a flow run published, from the Prefect API."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def fetch() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), type=ArtifactFilterType(any_=["table"])))
+
+    for artifact in run_coro_as_sync(fetch()):
+        rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+        if rows and isinstance(rows, list) and {"stage", "version", "store"} <= set(rows[0]):
+            return rows
+    return []

@@ -150,7 +150,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         try:
             overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from None
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
     return overrides
 
 
@@ -176,11 +176,14 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     """Read, override and validate a domain config; every problem is one `ConfigError`."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     data = apply_overrides(data, overrides or {})

@@ -25,6 +25,8 @@ def canonical(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return canonical(value.model_dump(mode="json"))
     if isinstance(value, dict):
+        if len({str(k) for k in value}) != len(value):
+            raise TypeError(f"cannot fingerprint a dict whose keys collide as strings: {sorted(map(repr, value))}")
         return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):
         return [canonical(v) for v in value]

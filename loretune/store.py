@@ -70,7 +70,7 @@ class ArtifactStore:
         try:
             with self.fs.open(self._path(stage, version, MANIFEST), "r") as f:
                 return json.load(f)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def exists(self, stage: str, version: str) -> bool:
@@ -109,39 +109,43 @@ class ArtifactStore:
         try:
             summary = build(scratch) or {}
             counts = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            files = sorted(p for p in scratch.rglob("*") if p.is_file())
+            files = sorted(p for p in scratch.rglob("*") if p.is_file())  # before the manifest exists
             manifest = {
+                **manifest_fields,
                 "stage": stage,
                 "version": version,
-                **manifest_fields,
-                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                # Microseconds: versions() orders by this, and two versions can land in one second.
+                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"),
                 "counts": {**counts, "files": len(files), "bytes": sum(p.stat().st_size for p in files)},
                 "details": {k: v for k, v in summary.items() if k not in counts},
                 "content_hash": content_hash(scratch),
             }
             (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-            self._commit(scratch, stage, version)
+            if not self._commit(scratch, stage, version):
+                return self.manifest(stage, version) or manifest  # a concurrent run won: its artifact stands
             return manifest
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _commit(self, scratch: Path, stage: str, version: str) -> None:
+    def _commit(self, scratch: Path, stage: str, version: str) -> bool:
+        """Move a complete scratch folder into place; False if the version appeared meanwhile."""
         final = self._path(stage, version)
         if self.exists(stage, version):
-            return  # published meanwhile by another run with the same fingerprint: same artifact
+            return False  # published meanwhile by another run with the same fingerprint
         if self.is_local:
             Path(final).parent.mkdir(parents=True, exist_ok=True)
             if Path(final).exists():  # a leftover without manifest: never a valid artifact
                 shutil.rmtree(final)
             for path in scratch.rglob("*"):  # a reader that tries to write into an artifact fails loudly
-                if path.is_file():
-                    path.chmod(0o444)
+                path.chmod(0o444 if path.is_file() else 0o755)
+            scratch.chmod(0o755)  # mkdtemp made it private; a shared store is read by others
             os.rename(scratch, final)
-            return
-        data = [p for p in scratch.rglob("*") if p.is_file() and p.name != MANIFEST]
+            return True
+        data = [p for p in scratch.rglob("*") if p.is_file() and p != scratch / MANIFEST]
         for p in data:
             self.fs.put_file(str(p), f"{final}/{p.relative_to(scratch).as_posix()}")
         self.fs.put_file(str(scratch / MANIFEST), f"{final}/{MANIFEST}")  # the commit marker
+        return True
 
     def versions(self, stage: str) -> list[dict[str, Any]]:
         """Manifests of a stage's published versions, oldest first."""
@@ -166,7 +170,7 @@ class ArtifactStore:
 def content_hash(folder: Path) -> str:
     """sha256 over (relative path, file sha256) of every data file, manifest excluded."""
     h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p != folder / MANIFEST):
         h.update(path.relative_to(folder).as_posix().encode() + b"\0")
         h.update(file_sha256(path).encode() + b"\n")
     return h.hexdigest()

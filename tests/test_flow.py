@@ -117,10 +117,6 @@ def test_stage_artifacts_appear_in_prefect_under_stable_keys(cold):
     from prefect import get_client
     from prefect.utilities.asyncutils import run_coro_as_sync
 
-    async def latest(key):
-        async with get_client() as client:
-            return await client.read_latest_artifacts(), key
-
     async def by_key(key):
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
@@ -128,7 +124,7 @@ def test_stage_artifacts_appear_in_prefect_under_stable_keys(cold):
             return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
 
     for key, kind in [("naruto-documents", "markdown"), ("naruto-dataset", "markdown"),
-                      ("naruto-evaluation", "table"), ("naruto-evaluation-plot", "markdown"), ("naruto-run", "markdown")]:
+                      ("naruto-evaluation", "table"), ("naruto-evaluation-plot", "markdown"), ("naruto-run", "table")]:
         found = run_coro_as_sync(by_key(key))
         assert found, f"no Prefect artifact {key}"
         assert found[0].type == kind
@@ -143,3 +139,17 @@ def test_bad_config_key_is_one_clear_error(prefect_server, samples, store):
         finetune(overrides={"store": str(store), "training.max_stepz": 3}, sample_sources=samples.base_url)
     assert "training.max_stepz: unknown key" in str(error.value)
     assert "naruto.yaml" in str(error.value)
+
+
+def test_report_prints_a_flow_runs_evaluation_table(cold, store):
+    from typer.testing import CliRunner
+
+    from loretune.flows.cli import app
+
+    flow_run_id = ArtifactStore(store).manifest("evaluation", cold["stages"]["evaluation"]["version"])["flow_run_id"]
+    result = CliRunner().invoke(app, ["report", "--flow-run", flow_run_id])
+    assert result.exit_code == 0, result.output
+    assert cold["stages"]["evaluation"]["version"] in result.output
+    lines = [line.split() for line in result.output.splitlines()]
+    assert [line[:2] for line in lines if line and line[0] in {"0", "2", "4"}] == [
+        ["0", "base"], ["2", "checkpoint-2"], ["4", "checkpoint-4"]]
