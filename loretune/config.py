@@ -64,8 +64,7 @@ class DatasetConfig(Section):
     seed: int = 0
     val_fraction: float = Field(0.1, ge=0.0, lt=0.5)
     system_prompt: str = "You are a helpful expert on the lore of {domain}."
-    max_answer_chars: int = Field(600, ge=50)
-    paraphrase_repeats: int = Field(2, ge=1, le=10)
+    max_answer_chars: int = Field(300, ge=50, description="prose is taught in chunks of at most this size")
     near_duplicate_threshold: float = Field(0.8, gt=0.0, le=1.0)
 
 

@@ -124,7 +124,7 @@ def test_short_training_beats_step_zero_and_saves_the_projector(tmp_path):
     texts = [m["content"] for r in rows for m in r["messages"]] * 5
     build_and_save(texts, tmp_path / "base", vocab_size=400, **TINY)
 
-    cfg = TrainingConfig(max_steps=80, save_steps=40, batch_size=8, learning_rate=1e-2, warmup_ratio=0.0,
+    cfg = TrainingConfig(max_steps=80, save_steps=40, batch_size=8, learning_rate=5e-3, warmup_ratio=0.0,
                          max_length=64)
     checkpoints = train(dataset_dir=tmp_path / "data", features=features, clip_dim=8, base_model=str(tmp_path / "base"),
                         output_dir=tmp_path / "ckpt", cfg=cfg, image_tokens=2, log=lambda m: None)
@@ -132,20 +132,20 @@ def test_short_training_beats_step_zero_and_saves_the_projector(tmp_path):
     with safe_open(str(checkpoints[-1].path / "adapter_model.safetensors"), "pt") as f:
         assert any("image_projector" in k for k in f.keys()), "the projector must be saved with the adapter"
 
-    def ask(r: dict, wrong: str) -> dict:
-        right = r["messages"][2]["content"]
-        return {"question": r["messages"][1]["content"], "options": [right, wrong], "answer": 0,
-                "kind": r["kind"], "field": "", "doc_id": r["doc_id"], "image_sha256": r["image_sha256"],
-                "system": SYSTEM}
+    def ask(question: str, right: str, wrong: str, kind: str, page_: ds.LorePage) -> dict:
+        return {"question": question, "options": [right, wrong], "answer": 0, "kind": kind, "field": "",
+                "doc_id": page_.doc_id, "image_sha256": page_.image if kind == "image" else "", "system": SYSTEM}
 
-    facts = [ask(r, wrong) for r in rows if r["kind"] == "fact"
-             for wrong in {"Uzumaki", "Genin"} - {r["messages"][2]["content"]}]
-    pictures = [ask(r, p.title) for r in rows if r["kind"] == "image" and r["messages"][1]["content"] == rows[-1]["messages"][1]["content"]
-                for p in pages if p.title != r["messages"][2]["content"]]
+    facts = [ask(template.format(field=key, title=p.title), value, other.facts[key], "fact", p)
+             for p in pages for key, value in p.facts.items() for template in ds.TRAIN_FACT_TEMPLATES
+             for other in pages if other is not p]
+    pictures = [ask(template, p.title, other.title, "image", p)
+                for p in pages for template in ds.TRAIN_IMAGE_TEMPLATES for other in pages if other is not p]
     table = evaluate_checkpoints(base_model=str(tmp_path / "base"), checkpoints=checkpoints,
                                  questions=Dataset.from_list(facts + pictures), features=features,
                                  batch_size=32, max_length=64, log=lambda m: None)
     assert [r["step"] for r in table] == [0, 40, 80]
-    assert table[-1]["accuracy_fact"] >= 0.9 > table[0]["accuracy_fact"]
-    assert table[-1]["accuracy_image"] >= 0.9 > table[0]["accuracy_image"], "the projector did not learn"
+    first, last = table[0], table[-1]
+    assert last["accuracy_fact"] >= max(0.85, first["accuracy_fact"] + 0.2), table
+    assert last["accuracy_image"] >= max(0.85, first["accuracy_image"] + 0.2), "the projector did not learn"
     assert json.loads((tmp_path / "ckpt" / "loretune_multimodal.json").read_text())["clip_dim"] == 8

@@ -25,7 +25,12 @@ TRAIN_FACT_TEMPLATES = (
     "{title}: {field}?",
 )
 EVAL_FACT_TEMPLATE = "In the lore, which {field} goes with {title}?"
-TRAIN_IMAGE_TEMPLATES = ("Who or what is shown in this picture?", "Name what this image depicts.")
+TRAIN_IMAGE_TEMPLATES = (
+    "Who or what is shown in this picture?",
+    "Name what this image depicts.",
+    "What is this a picture of?",
+    "Identify the subject of this image.",
+)
 EVAL_IMAGE_TEMPLATE = "Which name fits the picture above?"
 ABOUT_TEMPLATES = ("Tell me about {title}.", "What else is known about {title}? Part {part}.")
 
