@@ -103,8 +103,8 @@ class TrainingConfig(Section):
     learning_rate: float = Field(3e-3, gt=0)
     lr_scheduler: str = "cosine"
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    max_steps: int = Field(240, ge=1)
-    save_steps: int = Field(80, ge=1)
+    max_steps: int = Field(480, ge=1)
+    save_steps: int = Field(120, ge=1)
     batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(256, ge=16)
