@@ -1,0 +1,171 @@
+"""The deployment path: deployments/prefect.yaml, and the stack that registers and runs it.
+
+The fast tests read the YAML and the flow sources without importing them (importing a flow pulls
+in torch); the slow test drives what `make demo` does, for real, in a throwaway state folder on
+free ports, so it never touches a developer's running stack.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loretune import stack
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"
+# A few steps, two checkpoints: enough to exercise every stage without a long training run.
+SHORT_RUN = {"training.max_steps": 6, "training.save_steps": 3}
+
+
+def deployments() -> list[dict]:
+    return yaml.safe_load(PREFECT_YAML.read_text())["deployments"]
+
+
+def flow_name(entrypoint: str) -> str:
+    """The name Prefect gives the flow at `path:function`, read from the source: the decorator's
+    `name=`, else the function name with `_` as `-` (Prefect's default)."""
+    path, function = entrypoint.split(":")
+    source = ROOT / path
+    if not source.exists():
+        pytest.skip(f"{path} is not written yet")
+    for node in ast.parse(source.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == function:
+            for decorator in node.decorator_list:
+                if isinstance(decorator, ast.Call):
+                    for keyword in decorator.keywords:
+                        if keyword.arg == "name" and isinstance(keyword.value, ast.Constant):
+                            return keyword.value.value
+            return function.replace("_", "-")
+    raise AssertionError(f"{path} has no top-level function {function!r}")
+
+
+def test_prefect_yaml_defines_both_deployments_on_the_local_pool():
+    spec = yaml.safe_load(PREFECT_YAML.read_text())
+    assert sorted((d["entrypoint"], d["name"]) for d in spec["deployments"]) == [
+        ("flows/finetune.py:finetune", "naruto"),
+        ("flows/refresh.py:refresh", "naruto"),
+    ]
+    for deployment in spec["deployments"]:
+        assert deployment["work_pool"]["name"] == stack.POOL
+        assert deployment["parameters"] == {
+            "config": "deployments/naruto.yaml",
+            "sample_sources": f"http://127.0.0.1:{stack.DEFAULT_SAMPLES_PORT}",
+        }
+    # Flow runs must start in the project root, wherever the worker was started.
+    assert spec["pull"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $LORETUNE_PROJECT_DIR }}"}}
+    ]
+    assert not spec.get("build") and not spec.get("push")
+
+
+@pytest.mark.parametrize("deployment", deployments(), ids=lambda d: d["entrypoint"])
+def test_each_entrypoint_exists_and_is_the_flow_the_deployment_is_named_after(deployment):
+    """`finetune/naruto` is <flow name>/<deployment name>: the flow's name must match."""
+    expected_flow = deployment["entrypoint"].rsplit(":", 1)[1]
+    assert flow_name(deployment["entrypoint"]) == expected_flow
+
+
+def test_refresh_runs_nightly_on_a_cron_with_an_explicit_timezone():
+    refresh = next(d for d in deployments() if d["entrypoint"].endswith(":refresh"))
+    (schedule,) = refresh["schedules"]
+    assert len(schedule["cron"].split()) == 5
+    assert schedule["timezone"] in {"UTC", "Europe/Berlin"}
+    assert schedule.get("active", True)
+
+
+def test_finetune_is_not_scheduled():
+    finetune = next(d for d in deployments() if d["entrypoint"].endswith(":finetune"))
+    assert not finetune.get("schedules")
+
+
+def test_a_non_default_samples_port_is_deployed_with_matching_sample_sources(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORETUNE_HOME", str(tmp_path))
+    monkeypatch.setenv("LORETUNE_SAMPLES_PORT", "9911")
+    rendered = stack.Stack().deployment_file(PREFECT_YAML)
+    assert rendered.parent == tmp_path / "run"
+    for deployment in yaml.safe_load(rendered.read_text())["deployments"]:
+        assert deployment["parameters"]["sample_sources"] == "http://127.0.0.1:9911"
+
+
+def test_the_default_port_deploys_the_project_file_itself(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORETUNE_HOME", str(tmp_path))
+    monkeypatch.delenv("LORETUNE_SAMPLES_PORT", raising=False)
+    assert stack.Stack().deployment_file(PREFECT_YAML) == PREFECT_YAML
+
+
+# --- slow: the real deployment path -----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_stack(env: dict, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "loretune.stack", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture
+def stack_env(tmp_path):
+    """An isolated stack: its own state folder (so its own Prefect DB and store) and free ports.
+    Whatever the test started is stopped afterwards, however the test ended."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        LORETUNE_HOME=str(tmp_path / "home"),
+        LORETUNE_PREFECT_PORT=str(free_port()),
+        LORETUNE_SAMPLES_PORT=str(free_port()),
+    )
+    try:
+        yield env
+    finally:
+        down = run_stack(env, "down", timeout=120)
+        print(down.stdout, down.stderr)
+
+
+@pytest.mark.slow
+def test_demo_runs_finetune_through_the_deployment(stack_env):
+    flow_name("flows/finetune.py:finetune")  # skips, with the reason, while the flow is missing
+    home = Path(stack_env["LORETUNE_HOME"])
+
+    demo = run_stack(stack_env, "demo", "-p", f"overrides={json.dumps(SHORT_RUN)}", timeout=1500)
+    output = demo.stdout + demo.stderr
+    assert demo.returncode == 0, output[-8000:]
+    assert "failed: exit" not in output, output[-8000:]  # the evaluation table was printed
+
+    # The run really completed, as the server records it, and it went through the worker.
+    flow_run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", output).group(1)
+    api = f"http://127.0.0.1:{stack_env['LORETUNE_PREFECT_PORT']}/api"
+    with urllib.request.urlopen(f"{api}/flow_runs/{flow_run_id}") as response:
+        run = json.load(response)
+    assert run["state"]["type"] == "COMPLETED"
+    assert run["parameters"]["overrides"] == SHORT_RUN
+    assert run["parameters"]["sample_sources"] == f"http://127.0.0.1:{stack_env['LORETUNE_SAMPLES_PORT']}"
+    assert run["work_pool_name"] == stack.POOL
+
+    manifests = list((home / "store").glob("*/*/manifest.json"))
+    assert manifests, f"no artifacts in {home / 'store'}"
+
+    # Starting again reuses all three instead of starting second copies.
+    again = run_stack(stack_env, "up", timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("reusing") == 3, again.stdout
+
+    down = run_stack(stack_env, "down", timeout=120)
+    assert down.stdout.count("stopped (process group") == 3, down.stdout
+    status = run_stack(stack_env, "status", timeout=60)
+    assert status.returncode == 3, status.stdout
