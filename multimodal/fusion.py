@@ -7,10 +7,15 @@ attention and of the loss, so they behave as text-only.
 
 The projector is attached to the base model as the `image_projector` submodule, so PEFT can train
 and save it with the adapter (`modules_to_save`) and load it back with it.
+
+It standardises its input with the training features' mean and scale first: CLIP embeddings of one
+corpus share a large common direction (with random weights, pairwise cosine ~0.9 on the sample
+snapshot; ~0.05 once centred), and an MLP fed near-identical vectors cannot tell images apart.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,6 +28,8 @@ class ImageProjector(nn.Module):
         super().__init__()
         self.n_tokens = n_tokens
         self.hidden_size = hidden_size
+        self.register_buffer("feature_mean", torch.zeros(clip_dim))
+        self.register_buffer("feature_scale", torch.ones(()))
         self.net = nn.Sequential(
             nn.Linear(clip_dim, hidden_size),
             nn.GELU(),
@@ -30,10 +37,22 @@ class ImageProjector(nn.Module):
         )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features).view(features.shape[0], self.n_tokens, self.hidden_size)
+        standardised = (features - self.feature_mean) * self.feature_scale
+        return self.net(standardised).view(features.shape[0], self.n_tokens, self.hidden_size)
 
 
-def attach_projector(model: nn.Module, clip_dim: int, n_tokens: int, seed: int) -> ImageProjector:
+def feature_stats(vectors: np.ndarray) -> dict[str, list[float] | float]:
+    """Mean and 1/std of a corpus's image features ([n, dim]): what the projector standardises with."""
+    x = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
+    if x.ndim != 2 or len(x) < 2:  # no images, or too few to estimate: leave features as they are
+        return {"mean": [], "scale": 1.0}
+    mean = x.mean(0)
+    std = (x - mean).std().item()
+    return {"mean": mean.tolist(), "scale": 1.0 / std if std > 0 else 1.0}
+
+
+def attach_projector(model: nn.Module, clip_dim: int, n_tokens: int, seed: int,
+                     stats: dict[str, list[float] | float] | None = None) -> ImageProjector:
     """Give `model` a freshly initialised projector; the seed makes step 0 reproducible."""
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -42,6 +61,9 @@ def attach_projector(model: nn.Module, clip_dim: int, n_tokens: int, seed: int) 
         device=embeddings.weight.device, dtype=torch.float32
     )
     torch.random.set_rng_state(generator_state)
+    if stats and stats["mean"]:
+        projector.feature_mean.copy_(torch.tensor(stats["mean"]))
+        projector.feature_scale.fill_(float(stats["scale"]))
     setattr(model, PROJECTOR_NAME, projector)
     return projector
 

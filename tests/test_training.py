@@ -15,6 +15,7 @@ from datasets import Dataset
 from safetensors import safe_open
 
 from loretune.config import TrainingConfig
+from loretune.multimodal import fusion
 from loretune.multimodal.fusion import attach_projector, fuse
 from loretune.training import dataset as ds
 from loretune.training.chat import IGNORE, encode_chat
@@ -130,7 +131,9 @@ def test_short_training_beats_step_zero_and_saves_the_projector(tmp_path):
                         output_dir=tmp_path / "ckpt", cfg=cfg, image_tokens=2, log=lambda m: None)
     assert [c.step for c in checkpoints] == [40, 80]
     with safe_open(str(checkpoints[-1].path / "adapter_model.safetensors"), "pt") as f:
-        assert any("image_projector" in k for k in f.keys()), "the projector must be saved with the adapter"
+        keys = list(f.keys())
+    assert any("image_projector" in k and "net" in k for k in keys), "the projector must be saved with the adapter"
+    assert any("feature_mean" in k for k in keys), "so must the feature standardisation it was trained with"
 
     def ask(question: str, right: str, wrong: str, kind: str, page_: ds.LorePage) -> dict:
         return {"question": question, "options": [right, wrong], "answer": 0, "kind": kind, "field": "",
@@ -149,3 +152,20 @@ def test_short_training_beats_step_zero_and_saves_the_projector(tmp_path):
     assert last["accuracy_fact"] >= max(0.85, first["accuracy_fact"] + 0.2), table
     assert last["accuracy_image"] >= max(0.85, first["accuracy_image"] + 0.2), "the projector did not learn"
     assert json.loads((tmp_path / "ckpt" / "loretune_multimodal.json").read_text())["clip_dim"] == 8
+
+
+def test_projector_standardises_features_so_near_identical_vectors_separate():
+    rng = np.random.default_rng(0)
+    common = rng.standard_normal(16)
+    vectors = (common + 0.05 * rng.standard_normal((10, 16))).astype(np.float32)
+    stats = fusion.feature_stats(vectors)
+    tokenizer_free = torch.nn.Embedding(10, 32)
+    holder = torch.nn.Module()
+    holder.get_input_embeddings = lambda: tokenizer_free
+    projector = fusion.attach_projector(holder, clip_dim=16, n_tokens=1, seed=0, stats=stats)
+    standardised = (torch.from_numpy(vectors) - projector.feature_mean) * projector.feature_scale
+    cosine = torch.nn.functional.cosine_similarity(standardised[0], standardised[1], dim=0)
+    assert torch.nn.functional.cosine_similarity(torch.from_numpy(vectors[0]), torch.from_numpy(vectors[1]), dim=0) > 0.99
+    assert abs(cosine) < 0.6
+    assert standardised.std().item() == pytest.approx(1.0, rel=0.05)
+    assert fusion.feature_stats(np.zeros((0, 16))) == {"mean": [], "scale": 1.0}

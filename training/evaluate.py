@@ -105,7 +105,8 @@ def evaluate_checkpoints(
     spec = json.loads((checkpoints[0].path.parent / MULTIMODAL_FILE).read_text())
     device = default_device()
     tokenizer, model = load_base(base_model, device)
-    attach_projector(model, spec["clip_dim"], spec["image_tokens"], seed=spec["projector_seed"])
+    attach_projector(model, spec["clip_dim"], spec["image_tokens"], seed=spec["projector_seed"],
+                     stats=spec.get("feature_stats"))
     model = PeftModel.from_pretrained(model, str(checkpoints[0].path), adapter_name=_name(checkpoints[0]))
     for checkpoint in checkpoints[1:]:
         model.load_adapter(str(checkpoint.path), adapter_name=_name(checkpoint))

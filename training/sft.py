@@ -22,7 +22,7 @@ from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
 from loretune.config import TrainingConfig
-from loretune.multimodal.fusion import PROJECTOR_NAME, attach_projector, fuse
+from loretune.multimodal.fusion import PROJECTOR_NAME, attach_projector, feature_stats, fuse
 from loretune.training.backends import default_device, load_base, resolve_backend
 from loretune.training.chat import IGNORE, encode_chat
 
@@ -128,7 +128,8 @@ def train(
     resolve_backend(cfg.backend, log)
     device = default_device()
     tokenizer, model = load_base(base_model, device)
-    attach_projector(model, clip_dim, image_tokens, seed=cfg.seed)
+    stats = feature_stats(np.stack(list(features.values())) if features else np.zeros((0, clip_dim)))
+    attach_projector(model, clip_dim, image_tokens, seed=cfg.seed, stats=stats)
     torch.manual_seed(cfg.seed)
     model = get_peft_model(model, lora_config(cfg))
     trainable, total = model.get_nb_trainable_parameters()
@@ -138,7 +139,8 @@ def train(
     log(f"train: {len(data['train'])} training and {len(data['validation'])} validation examples")
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / MULTIMODAL_FILE).write_text(json.dumps(
-        {"clip_dim": clip_dim, "image_tokens": image_tokens, "projector_seed": cfg.seed, "base_model": base_model}
+        {"clip_dim": clip_dim, "image_tokens": image_tokens, "projector_seed": cfg.seed,
+         "feature_stats": stats, "base_model": base_model}
     ))
     has_validation = len(data["validation"]) > 0
     args = SFTConfig(
