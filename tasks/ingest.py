@@ -28,11 +28,10 @@ CODE = code_version(documents, fandom, http, sources, wikitext)
 def ingest_documents(store: str, domain: str, sources_cfg: SourcesConfig, http_cfg: HttpConfig) -> ArtifactRef:
     logger = get_run_logger()
     docs, reports = sources.collect(sources_cfg, http_cfg, log=logger.info)
-    report_rows = [{"source": name, **{k: v for k, v in dataclasses.asdict(r).items() if k != "stats"}}
-                   for name, r in reports.items()]
-    create_table_artifact(key=f"{domain}-sources", table=report_rows,
+    summaries = {name: {k: v for k, v in dataclasses.asdict(r).items() if k != "stats"} for name, r in reports.items()}
+    create_table_artifact(key=f"{domain}-sources", table=[{"source": n, **row} for n, row in summaries.items()],
                           description="what each source returned in this run")
-    failed = [row["source"] for row in report_rows if row["status"] == "failed"]
+    failed = [name for name, row in summaries.items() if row["status"] == "failed"]
     if failed:
         logger.warning("sources failed and were left out of this run: %s (see the %s-sources artifact)",
                        ", ".join(failed), domain)
@@ -51,7 +50,7 @@ def ingest_documents(store: str, domain: str, sources_cfg: SourcesConfig, http_c
         "inputs": {},
         "parameters": canonical({"sources": sources_cfg}),
         "code_version": CODE,
-        "sources": {row.pop("source"): row for row in [dict(r) for r in report_rows]},
+        "sources": {name: dataclasses.asdict(r) for name, r in reports.items()},
         **run_provenance(),
     })
     logger.info("published documents %s: %s documents", version, len(docs))

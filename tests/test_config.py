@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import pytest
+import yaml
 
 from loretune.config import (
     ConfigError,
@@ -34,16 +35,21 @@ def problems(message: str) -> list[str]:
 
 # --- the real domain file ---------------------------------------------------------------------
 
-def test_naruto_config_loads_with_its_values():
+def test_naruto_config_loads_every_value_the_file_sets():
     cfg = load_config(NARUTO)
     assert isinstance(cfg, LoretuneConfig)
-    assert cfg.domain == "naruto"
-    assert cfg.sources.fandom.batch_size == 50
-    assert cfg.sources.fandom.categories == ["Characters", "Jutsu"]
-    assert cfg.training.max_steps == 240 and cfg.training.save_steps == 80
-    assert cfg.training.lora.r == 16 and cfg.training.lora.alpha == 32
-    assert cfg.features.pretrained is None
-    assert cfg.store is None
+    loaded = cfg.model_dump()
+
+    def check(raw: dict, got: dict, prefix: str = "") -> None:
+        for key, value in raw.items():
+            if isinstance(value, dict):
+                check(value, got[key], f"{prefix}{key}.")
+            else:
+                assert got[key] == value, f"{prefix}{key}: file says {value!r}, config has {got[key]!r}"
+
+    check(yaml.safe_load(NARUTO.read_text()), loaded)
+    assert cfg.sources.fandom.api_url.startswith("https://"), "the domain file points at the real site"
+    assert cfg.training.save_steps < cfg.training.max_steps, "the demo must save several checkpoints"
 
 
 # --- validation errors name the file and the dotted key ---------------------------------------

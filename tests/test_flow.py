@@ -153,3 +153,12 @@ def test_report_prints_a_flow_runs_evaluation_table(cold, store):
     lines = [line.split() for line in result.output.splitlines()]
     assert [line[:2] for line in lines if line and line[0] in {"0", "2", "4"}] == [
         ["0", "base"], ["2", "checkpoint-2"], ["4", "checkpoint-4"]]
+
+
+def test_documents_manifest_says_how_each_source_did(cold, store):
+    manifest = ArtifactStore(store).manifest("documents", cold["stages"]["documents"]["version"])
+    fandom = manifest["sources"]["fandom"]
+    assert fandom["status"] == "ok" and fandom["error"] is None
+    assert fandom["documents"] == manifest["counts"]["documents"] == 30
+    assert fandom["stats"]["revisions_requests"] == 1 and fandom["stats"]["titles_per_revisions_request"] == [32]
+    assert fandom["requests"] >= 5 and fandom["bytes"] > 0
