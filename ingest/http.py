@@ -36,6 +36,10 @@ class SourceError(RuntimeError):
         super().__init__(f"{self.url}: {reason}")
 
 
+class SourceSkipped(Exception):
+    """A source that cannot run here (e.g. no credentials configured): reported as skipped, not failed."""
+
+
 class PoliteSession:
     """A `requests.Session` with retries, timeouts, a size cap and request/byte counters.
 

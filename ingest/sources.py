@@ -13,7 +13,7 @@ from typing import Any, Callable
 from loretune.config import HttpConfig, SourcesConfig
 from loretune.ingest import fandom
 from loretune.ingest.documents import Document
-from loretune.ingest.http import PoliteSession
+from loretune.ingest.http import PoliteSession, SourceSkipped
 
 
 @dataclass
@@ -47,6 +47,10 @@ def collect(sources: SourcesConfig, http: HttpConfig, log: Callable[[str], None]
         session = PoliteSession(**http.model_dump())
         try:
             docs, stats = run(session)
+        except SourceSkipped as exc:
+            reports[name] = SourceReport("skipped", error=str(exc))
+            log(f"{name}: skipped: {exc}")
+            continue
         except Exception as exc:  # any failure of one source is reported, not raised
             reports[name] = SourceReport("failed", requests=session.requests_made,
                                          bytes=session.bytes_received, error=f"{type(exc).__name__}: {exc}")

@@ -41,8 +41,51 @@ class FandomSource(Section):
     license: str = "CC BY-SA 3.0"
 
 
+class RedditSource(Section):
+    """praw's own settings: `oauth_url` / `reddit_url` point it at the sample server offline.
+
+    Credentials never live here: REDDIT_CLIENT_ID, REDDIT_CLIENT_SECRET and REDDIT_USER_AGENT
+    come from the environment (or a Prefect Secret block); without them Reddit is skipped.
+    """
+
+    enabled: bool = True
+    oauth_url: str = "https://oauth.reddit.com"
+    reddit_url: str = "https://www.reddit.com"
+    subreddits: list[str] = ["Naruto"]
+    listings: list[Literal["top", "new"]] = ["top", "new"]
+    time_filter: Literal["hour", "day", "week", "month", "year", "all"] = "month"
+    limit: int = Field(50, ge=1, le=1000, description="posts per listing per subreddit")
+    drop_removed: bool = True
+    drop_nsfw: bool = True
+    drop_stickied: bool = True
+    license: str = "Reddit User Agreement; quoted for research"
+
+
+class YouTubeSource(Section):
+    enabled: bool = True
+    videos: list[str] = []
+    # e.g. "http://HOST/youtube/{id}.info.json": a recorded info dict stands in for yt-dlp's
+    # extractor step; everything after it is yt-dlp's own processing.
+    info_url: str | None = None
+    subtitle_langs: list[str] = ["en"]
+    license: str = "Standard YouTube License; transcript quoted for research"
+
+
+class SportskeedaSource(Section):
+    enabled: bool = True
+    base_url: str = "https://www.sportskeeda.com"
+    feed_url: str = "https://www.sportskeeda.com/anime/feed"
+    sitemap_urls: list[str] = []
+    keywords: list[str] = ["naruto"]
+    max_articles: int = Field(50, ge=1)
+    license: str = "Sportskeeda; quoted for research"
+
+
 class SourcesConfig(Section):
     fandom: FandomSource = FandomSource()
+    reddit: RedditSource = RedditSource()
+    youtube: YouTubeSource = YouTubeSource()
+    sportskeeda: SportskeedaSource = SportskeedaSource()
 
 
 class ImagesConfig(Section):

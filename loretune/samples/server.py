@@ -57,9 +57,34 @@ def fandom_api_url(base: str) -> str:
     return f"{base}/fandom/api.php"
 
 
-def sample_overrides(base: str) -> dict[str, str]:
+# The other sources' sample sites, each in its own module with a `Site(snapshot_dir)` class
+# (`.handle(path, params, headers, base_url) -> Reply`) and `overrides(base) -> dict`.
+SITE_MODULES = {
+    "/reddit": "loretune.samples.reddit",
+    "/youtube": "loretune.samples.youtube",
+    "/sportskeeda": "loretune.samples.sportskeeda",
+}
+
+
+def _site_modules() -> dict[str, Any]:
+    import importlib
+
+    found = {}
+    for prefix, name in SITE_MODULES.items():
+        try:
+            found[prefix] = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+    return found
+
+
+def sample_overrides(base: str) -> dict[str, Any]:
     """Config overrides (dotted keys, as for `--set`) that point loretune at this server."""
-    return {"sources.fandom.api_url": fandom_api_url(base)}
+    overrides: dict[str, Any] = {"sources.fandom.api_url": fandom_api_url(base)}
+    for module in _site_modules().values():
+        overrides.update(module.overrides(base))
+    return overrides
 
 
 def is_serving(base: str, timeout_s: float = 1.0) -> bool:
@@ -82,6 +107,8 @@ class SampleSourcesServer:
             raise ValueError(f"host {host!r}: the sample server binds to IPv4 loopback only, e.g. 127.0.0.1")
         self.host, self.port = host, port
         self.wiki = Wiki(Path(snapshot_dir or SNAPSHOT_DIR) / "fandom")
+        self.sites = {prefix: module.Site(Path(snapshot_dir or SNAPSHOT_DIR))
+                      for prefix, module in _site_modules().items()}
         self.timeout_fault_s = 3.0  # how long a "timeout" fault stays silent before hanging up
         self.base_url = ""
         self._lock = threading.Lock()
@@ -209,6 +236,9 @@ class _Handler(BaseHTTPRequestHandler):
             return app.wiki.image(name, self.headers.get("If-None-Match"))
         if path.startswith("/fandom/wiki/"):
             return app.wiki.article(unquote(path.removeprefix("/fandom/wiki/")))
+        for prefix, site in app.sites.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return site.handle(path, params, dict(self.headers), app.base_url)
         return _html_reply(404, "Not Found", f"No sample source at {path}.")
 
     def _fault_reply(self, fault: str) -> Reply:
