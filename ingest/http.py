@@ -1,9 +1,12 @@
 """One polite HTTP client for every source: identified, patient with busy servers, and bounded.
 
-Sources are other people's servers, so every request says who we are (User-Agent), backs off when
-told to (429/5xx, honouring Retry-After), gives up after a timeout, and never reads an unbounded
-body into memory. Failures become one exception type, `SourceError`, whose message names the URL
-but never a secret that was in its query string.
+Sources are other people's servers, so every request says who we are (User-Agent), asks
+robots.txt first (protego: the standard library's parser ignores `*` wildcards), keeps a minimum
+interval per host (or the site's Crawl-delay, if longer), backs off when told to (429/5xx,
+honouring Retry-After; urllib3's Retry is the one place retries live), gives up after a timeout,
+follows redirects only within the same host (or an allowed one), and never reads an unbounded body
+into memory. Failures become one exception type, `SourceError`, whose message names the URL but
+never a secret that was in its query string.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ import json
 import re
 import threading
 import time
-from typing import Any, Mapping
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from typing import Any, Iterable, Mapping
+from urllib.parse import parse_qsl, urljoin, urlsplit, urlunsplit
 
 import requests
+from protego import Protego
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
@@ -54,7 +58,19 @@ class PoliteSession:
         max_retries: int,
         backoff_s: float,
         max_response_bytes: int,
+        min_interval_s: float = 0.0,
+        respect_robots: bool = True,
+        max_redirects: int = 5,
+        allowed_hosts: Iterable[str] = (),
     ):
+        self.user_agent = user_agent
+        self.min_interval_s = min_interval_s
+        self.respect_robots = respect_robots
+        self.max_redirects = max_redirects
+        self.allowed_hosts = {h.lower() for h in allowed_hosts}
+        self._robots: dict[str, Protego | None] = {}
+        self._last_request: dict[str, float] = {}
+        self._host_lock = threading.Lock()
         self.timeout = (connect_timeout_s, read_timeout_s)
         self.max_retries = max_retries
         self.backoff_s = backoff_s
@@ -132,9 +148,7 @@ class PoliteSession:
             raise SourceError(url, _describe(exc, url)) from None
         for attempt in range(self.max_retries + 1):
             try:
-                response = self._session.get(
-                    full_url, headers={"Accept": accept}, timeout=self.timeout, stream=True
-                )
+                response = self._follow(full_url, accept)
             except requests.RequestException as exc:
                 raise SourceError(full_url, _describe(exc, full_url)) from None
             try:
@@ -148,6 +162,55 @@ class PoliteSession:
             finally:
                 response.close()
         raise AssertionError("unreachable")
+
+    def _follow(self, url: str, accept: str) -> requests.Response:
+        """GET, following redirects by hand so each hop is checked: same host (or allowed), robots."""
+        origin_host = (urlsplit(url).hostname or "").lower()
+        for _ in range(self.max_redirects + 1):
+            self._before_request(url)
+            response = self._session.get(url, headers={"Accept": accept}, timeout=self.timeout,
+                                         stream=True, allow_redirects=False)
+            location = response.headers.get("Location") if response.is_redirect else None
+            if not location:
+                return response
+            response.close()
+            target = urljoin(url, location)
+            parts = urlsplit(target)
+            host = (parts.hostname or "").lower()
+            if parts.scheme not in ("http", "https") or (host != origin_host and host not in self.allowed_hosts):
+                raise SourceError(url, f"redirect to {safe_url(target)} refused: not {origin_host} or an allowed host")
+            url = target
+        raise SourceError(url, f"more than {self.max_redirects} redirects")
+
+    def _before_request(self, url: str) -> None:
+        """robots.txt first, then wait out the host's minimum interval."""
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        robots = self._robots_for(origin) if self.respect_robots else None
+        if robots is not None and not robots.can_fetch(url, self.user_agent):
+            raise SourceError(url, f"disallowed by {origin}/robots.txt for {self.user_agent!r}")
+        delay = max(self.min_interval_s, (robots.crawl_delay(self.user_agent) or 0) if robots else 0)
+        with self._host_lock:
+            wait = self._last_request.get(origin, float("-inf")) + delay - time.monotonic()
+            self._last_request[origin] = time.monotonic() + max(wait, 0)
+        if wait > 0:
+            time.sleep(wait)
+
+    def _robots_for(self, origin: str) -> Protego | None:
+        """The origin's rules, fetched once. No file (4xx): everything allowed. A server error:
+        everything disallowed for now, as RFC 9309 asks."""
+        if origin not in self._robots:
+            url = f"{origin}/robots.txt"
+            try:
+                response = self._session.get(url, timeout=self.timeout, stream=True)
+                body = self._read_body(url, response)
+            except requests.RequestException as exc:
+                raise SourceError(url, f"robots.txt unreachable ({_describe(exc, url)}); not crawling") from None
+            if response.status_code >= 500:
+                raise SourceError(url, f"robots.txt answered HTTP {response.status_code}; RFC 9309: assume disallowed")
+            self._robots[origin] = (Protego.parse(body.decode("utf-8", "replace"))
+                                    if response.status_code < 400 else None)
+        return self._robots[origin]
 
     def _read_body(self, url: str, response: requests.Response) -> bytes:
         """The body, refusing to read past the cap (announced or not) so one page can't fill memory."""

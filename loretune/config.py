@@ -30,6 +30,10 @@ class HttpConfig(Section):
     max_retries: int = Field(3, ge=0, le=10)
     backoff_s: float = Field(1.0, ge=0)
     max_response_bytes: int = Field(20_000_000, gt=0)
+    min_interval_s: float = Field(1.0, ge=0, description="per host; a longer robots.txt Crawl-delay wins")
+    respect_robots: bool = True
+    max_redirects: int = Field(5, ge=0)
+    allowed_hosts: list[str] = Field([], description="hosts a redirect may lead to besides the URL's own")
 
 
 class FandomSource(Section):

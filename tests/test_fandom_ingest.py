@@ -20,6 +20,9 @@ def session(**overrides: object) -> PoliteSession:
     settings = dict(
         user_agent="loretune-tests/0", connect_timeout_s=2.0, read_timeout_s=5.0, max_retries=3,
         backoff_s=0.01, max_response_bytes=5_000_000,
+        # robots.txt has its own tests (test_polite_session.py); here it would add one request
+        # to every exact count below.
+        respect_robots=False,
     )
     return PoliteSession(**{**settings, **overrides})
 

@@ -164,8 +164,10 @@ def test_binds_to_loopback_only():
         SampleSourcesServer(host="0.0.0.0")
 
 
-def test_sample_overrides_point_fandom_at_the_server():
-    assert sample_overrides("http://127.0.0.1:9") == {"sources.fandom.api_url": "http://127.0.0.1:9/fandom/api.php"}
+def test_sample_overrides_point_fandom_at_the_server_without_a_politeness_interval():
+    overrides = sample_overrides("http://127.0.0.1:9")
+    assert overrides["sources.fandom.api_url"] == "http://127.0.0.1:9/fandom/api.php"
+    assert overrides["http.min_interval_s"] == 0.0
 
 
 def test_command_line_prints_the_url_and_stops_on_sigterm():

@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 SNAPSHOT_DIR = Path(__file__).parent / "snapshot"
-FAULTS = ("429", "503", "timeout", "truncated", "badjson", "html")
+FAULTS = ("429", "503", "timeout", "truncated", "badjson", "html", "offsite")
 TIMESTAMP = "2026-01-01T00:00:00Z"  # every snapshot revision's; fixed so responses are reproducible
 CATEGORY_PAGE_LIMIT = 10  # category members per response whatever cmlimit asks: ~30 pages continue
 TITLES_LIMIT = 50  # the real API's limit for titles=... without apihighlimits
@@ -81,7 +81,8 @@ def _site_modules() -> dict[str, Any]:
 
 def sample_overrides(base: str) -> dict[str, Any]:
     """Config overrides (dotted keys, as for `--set`) that point loretune at this server."""
-    overrides: dict[str, Any] = {"sources.fandom.api_url": fandom_api_url(base)}
+    # Loopback needs no politeness interval; the real sites get the config's (1 s by default).
+    overrides: dict[str, Any] = {"sources.fandom.api_url": fandom_api_url(base), "http.min_interval_s": 0.0}
     for module in _site_modules().values():
         overrides.update(module.overrides(base))
     return overrides
@@ -106,7 +107,8 @@ class SampleSourcesServer:
         if not _is_loopback(host):
             raise ValueError(f"host {host!r}: the sample server binds to IPv4 loopback only, e.g. 127.0.0.1")
         self.host, self.port = host, port
-        self.wiki = Wiki(Path(snapshot_dir or SNAPSHOT_DIR) / "fandom")
+        self.snapshot_dir = Path(snapshot_dir or SNAPSHOT_DIR)
+        self.wiki = Wiki(self.snapshot_dir / "fandom")
         self.sites = {prefix: module.Site(Path(snapshot_dir or SNAPSHOT_DIR))
                       for prefix, module in _site_modules().items()}
         self.timeout_fault_s = 3.0  # how long a "timeout" fault stays silent before hanging up
@@ -219,7 +221,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         try:
-            reply = self._fault_reply(fault) if fault in ("429", "503", "html") else self._route(app, url.path, params)
+            reply = self._fault_reply(fault) if fault in ("429", "503", "html", "offsite") else self._route(app, url.path, params)
         except Exception as exc:  # a bug here should look like a broken server, not a hung one
             traceback.print_exc()
             reply = _html_reply(500, "Internal Server Error", f"{type(exc).__name__}: {exc}")
@@ -229,6 +231,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(reply, truncate=fault == "truncated")
 
     def _route(self, app: SampleSourcesServer, path: str, params: dict[str, str]) -> Reply:
+        if path == "/robots.txt":
+            robots = app.snapshot_dir / "robots.txt"
+            if not robots.exists():  # 404: crawlers may fetch everything (RFC 9309)
+                return _html_reply(404, "Not Found", "No robots.txt here.")
+            return Reply(200, robots.read_bytes(), "text/plain; charset=utf-8", {})
         if path == "/fandom/api.php":
             return app.wiki.api(params, app.base_url)
         if path.startswith("/fandom/images/"):
@@ -248,6 +255,9 @@ class _Handler(BaseHTTPRequestHandler):
             return reply
         if fault == "503":
             return _html_reply(503, "Service Unavailable", "Our servers are busy; try again later.")
+        if fault == "offsite":  # another loopback address: refused by host, never connected to
+            port = self.server.server_address[1]  # type: ignore[attr-defined]
+            return Reply(302, b"", "text/html", {"Location": f"http://127.0.0.2:{port}{self.path}"})
         return _html_reply(200, "Fandom - Temporarily Unavailable", "We are doing maintenance.")
 
     def _send(self, reply: Reply, truncate: bool = False) -> None:

@@ -1,0 +1,51 @@
+"""The polite HTTP client against the sample server: robots.txt, per-host interval, redirects."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from loretune.ingest.http import PoliteSession, SourceError
+
+UA = "loretune-test/1.0"
+
+
+def session(**overrides) -> PoliteSession:
+    settings = dict(user_agent=UA, connect_timeout_s=2, read_timeout_s=5, max_retries=2, backoff_s=0.05,
+                    max_response_bytes=1_000_000, min_interval_s=0.0)
+    return PoliteSession(**{**settings, **overrides})
+
+
+def test_robots_wildcard_rules_are_honoured_and_fetched_once(samples):
+    samples.clear_log()
+    client = session()
+    client.get_json(f"{samples.base_url}/fandom/api.php", {"action": "query", "meta": "siteinfo", "format": "json"})
+    with pytest.raises(SourceError, match="disallowed by .*robots.txt"):
+        client.get_bytes(f"{samples.base_url}/fandom/wiki/Special:Random")
+    with pytest.raises(SourceError, match="robots.txt"):  # `/*?action=edit`: a wildcard rule
+        client.get_bytes(f"{samples.base_url}/fandom/wiki/Rasengan?action=edit")
+    assert [r["path"] for r in samples.requests].count("/robots.txt") == 1
+    assert "/fandom/wiki/Special:Random" not in [r["path"] for r in samples.requests], "never asked"
+
+
+def test_robots_can_be_turned_off_for_sites_we_own(samples):
+    body = session(respect_robots=False).get_bytes(f"{samples.base_url}/fandom/wiki/Rasengan?action=edit")
+    assert body
+
+
+def test_requests_to_one_host_keep_the_minimum_interval(samples):
+    client = session(min_interval_s=0.3)
+    url = f"{samples.base_url}/fandom/api.php"
+    params = {"action": "query", "meta": "siteinfo", "format": "json"}
+    start = time.monotonic()
+    for _ in range(3):  # two intervals between three requests (robots.txt is not rate-limited)
+        client.get_json(url, params)
+    assert time.monotonic() - start >= 0.6
+
+
+def test_redirect_to_another_host_is_refused_and_says_where(samples):
+    samples.inject("/fandom/api.php", "offsite")
+    with pytest.raises(SourceError, match=r"redirect to http://127\.0\.0\.2:\d+/fandom/api\.php.* refused"):
+        session().get_json(f"{samples.base_url}/fandom/api.php", {"action": "query", "format": "json"})
+    assert not any(r["path"] == "/fandom/api.php" and r["fault"] is None for r in samples.requests[-1:])
