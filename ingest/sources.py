@@ -1,14 +1,14 @@
 """Run every configured source; one failing source never sinks the others.
 
 Each source reports status (ok / failed / skipped), documents, requests, bytes and, if it failed,
-why. The caller decides what a partial result means (the documents stage publishes what it got
-and flags the failures; it fails only when every enabled source failed).
+why. A failed source keeps the documents it had in the previous version (`carried_forward`), so a
+bad night never shrinks the corpus; only when every enabled source failed is nothing published.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 from loretune.config import HttpConfig, SourcesConfig
 from loretune.ingest import fandom
@@ -23,6 +23,7 @@ class SourceReport:
     requests: int = 0
     bytes: int = 0
     error: str | None = None
+    carried_forward: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -30,34 +31,47 @@ class AllSourcesFailed(RuntimeError):
     """No enabled source produced documents; nothing is published and nothing stored is touched."""
 
 
-def collect(sources: SourcesConfig, http: HttpConfig, log: Callable[[str], None] = print
+Runner = Callable[[SourcesConfig, PoliteSession, HttpConfig, Callable[[str], None]], tuple[list[Document], dict]]
+
+
+def _fandom(sources: SourcesConfig, session: PoliteSession, http: HttpConfig, log: Callable[[str], None]
+            ) -> tuple[list[Document], dict]:
+    cfg = sources.fandom
+    return fandom.crawl(cfg.api_url, cfg.categories, session, batch_size=cfg.batch_size,
+                        max_pages=cfg.max_pages, license=cfg.license, log=log)
+
+
+RUNNERS: dict[str, Runner] = {"fandom": _fandom}
+
+
+def collect(sources: SourcesConfig, http: HttpConfig, log: Callable[[str], None] = print,
+            previous: Sequence[Document] = (), runners: Mapping[str, Runner] = RUNNERS,
             ) -> tuple[list[Document], dict[str, SourceReport]]:
-    runners: dict[str, tuple[bool, Callable[[PoliteSession], tuple[list[Document], dict]]]] = {
-        "fandom": (sources.fandom.enabled, lambda session: fandom.crawl(
-            sources.fandom.api_url, sources.fandom.categories, session,
-            batch_size=sources.fandom.batch_size, max_pages=sources.fandom.max_pages,
-            license=sources.fandom.license, log=log)),
-    }
+    """Every enabled source's documents; a failed source's come from `previous` instead."""
     documents: list[Document] = []
     reports: dict[str, SourceReport] = {}
-    for name, (enabled, run) in runners.items():
-        if not enabled:
+    for name, run in runners.items():
+        section = getattr(sources, name, None)
+        if section is not None and not section.enabled:
             reports[name] = SourceReport("skipped", error="disabled in config")
             continue
         session = PoliteSession(**http.model_dump())
         try:
-            docs, stats = run(session)
+            docs, stats = run(sources, session, http, log)
         except SourceSkipped as exc:
             reports[name] = SourceReport("skipped", error=str(exc))
             log(f"{name}: skipped: {exc}")
             continue
         except Exception as exc:  # any failure of one source is reported, not raised
-            reports[name] = SourceReport("failed", requests=session.requests_made,
-                                         bytes=session.bytes_received, error=f"{type(exc).__name__}: {exc}")
-            log(f"{name}: FAILED: {exc}")
+            kept = [doc for doc in previous if doc.source == name]
+            documents += kept
+            reports[name] = SourceReport("failed", len(kept), session.requests_made, session.bytes_received,
+                                         error=f"{type(exc).__name__}: {exc}", carried_forward=len(kept))
+            log(f"{name}: FAILED: {exc} (keeping its {len(kept)} documents from the previous version)")
             continue
         documents += docs
-        reports[name] = SourceReport("ok", len(docs), session.requests_made, session.bytes_received, stats=stats)
+        requests = max(session.requests_made, stats.get("requests", 0))  # praw counts its own
+        reports[name] = SourceReport("ok", len(docs), requests, session.bytes_received, stats=stats)
     attempted = [r for r in reports.values() if r.status != "skipped"]
     if attempted and all(r.status == "failed" for r in attempted):
         raise AllSourcesFailed("every source failed: " + "; ".join(

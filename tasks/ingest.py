@@ -27,7 +27,8 @@ CODE = code_version(documents, fandom, http, sources, wikitext)
 @task(name="ingest", cache_policy=NO_CACHE)
 def ingest_documents(store: str, domain: str, sources_cfg: SourcesConfig, http_cfg: HttpConfig) -> ArtifactRef:
     logger = get_run_logger()
-    docs, reports = sources.collect(sources_cfg, http_cfg, log=logger.info)
+    artifacts = ArtifactStore(store)
+    docs, reports = sources.collect(sources_cfg, http_cfg, log=logger.info, previous=_latest_documents(artifacts))
     summaries = {name: {k: v for k, v in dataclasses.asdict(r).items() if k != "stats"} for name, r in reports.items()}
     create_table_artifact(key=f"{domain}-sources", table=[{"source": n, **row} for n, row in summaries.items()],
                           description="what each source returned in this run")
@@ -36,7 +37,6 @@ def ingest_documents(store: str, domain: str, sources_cfg: SourcesConfig, http_c
         logger.warning("sources failed and were left out of this run: %s (see the %s-sources artifact)",
                        ", ".join(failed), domain)
 
-    artifacts = ArtifactStore(store)
     version = digest({"stage": STAGE, "corpus": documents.corpus_hash(docs)})
     if artifacts.exists(STAGE, version):
         logger.info("documents unchanged (%s documents, version %s); nothing published", len(docs), version)
@@ -56,3 +56,11 @@ def ingest_documents(store: str, domain: str, sources_cfg: SourcesConfig, http_c
     logger.info("published documents %s: %s documents", version, len(docs))
     announce(domain, manifest)
     return artifacts.ref(STAGE, version)
+
+
+def _latest_documents(artifacts: ArtifactStore) -> list[documents.Document]:
+    """The newest stored corpus: what a failed source's documents are carried forward from."""
+    versions = artifacts.versions(STAGE)
+    if not versions:
+        return []
+    return documents.read_documents(artifacts.local_path(STAGE, versions[-1]["version"]) / "documents.parquet")
