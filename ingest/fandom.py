@@ -8,6 +8,7 @@ Redirects are followed once by the API (redirects=1), and a page reached twice i
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 from urllib.parse import quote, urlsplit
@@ -18,6 +19,7 @@ from loretune.ingest.wikitext import normalize_title, parse_page
 
 API_TITLES_LIMIT = 50  # titles per request for clients without the apihighlimits right
 MAXLAG_S = "5"  # seconds of replication lag after which the wiki may refuse us
+MAXLAG_RETRIES = 5  # a lagging wiki says when to come back; after this many waits we give up
 
 
 def crawl(
@@ -224,8 +226,14 @@ class _Api:
 
     def get(self, params: dict[str, str]) -> dict[str, Any]:
         params = {"action": "query", "format": "json", "formatversion": "2", "maxlag": MAXLAG_S, **params}
-        self.requests += 1
-        response = self.session.get_json(self.url, params)
+        for attempt in range(MAXLAG_RETRIES + 1):
+            self.requests += 1
+            response, headers = self.session.get_json_with_headers(self.url, params)
+            if response.get("error", {}).get("code") != "maxlag" or attempt == MAXLAG_RETRIES:
+                break
+            wait = float(headers.get("Retry-After") or 5)
+            self.log(f"fandom: the wiki is lagging ({response['error'].get('info', '')}); retrying in {wait:g}s")
+            time.sleep(wait)
         if "error" in response:
             error = response["error"]
             raise SourceError(self.url, f"API error {error.get('code', '?')}: {error.get('info', '')}")

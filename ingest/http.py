@@ -104,6 +104,11 @@ class PoliteSession:
 
     def get_json(self, url: str, params: Mapping[str, Any] | None = None) -> dict:
         """GET a JSON object; an HTML page, invalid JSON or an HTTP error is a `SourceError`."""
+        return self.get_json_with_headers(url, params)[0]
+
+    def get_json_with_headers(self, url: str, params: Mapping[str, Any] | None = None
+                              ) -> tuple[dict, Mapping[str, str]]:
+        """`get_json`, plus the response headers, for APIs that signal in a 200 (MediaWiki's maxlag)."""
         full_url, response, body = self._get(url, params, accept="application/json")
         _raise_for_status(full_url, response, body)
         content_type = response.headers.get("Content-Type", "").lower()
@@ -115,7 +120,7 @@ class PoliteSession:
             raise SourceError(full_url, f"response is not valid JSON ({exc})") from None
         if not isinstance(data, dict):
             raise SourceError(full_url, f"expected a JSON object, got {type(data).__name__}")
-        return data
+        return data, response.headers
 
     def get_bytes(self, url: str, params: Mapping[str, Any] | None = None) -> bytes:
         full_url, response, body = self._get(url, params, accept="*/*")

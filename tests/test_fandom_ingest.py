@@ -231,3 +231,15 @@ def test_secrets_in_query_strings_never_reach_messages(server):
     for error in (not_found.value, refused.value):
         assert "s3cr3t" not in str(error) and "[query redacted]" in str(error)
     assert ":pw@" not in str(refused.value)
+
+
+def test_maxlag_error_is_waited_out_as_the_wiki_asks(tmp_path):
+    with SampleSourcesServer() as server:
+        server.inject("/fandom/api.php", "maxlag", times=2)
+        lines: list[str] = []
+        start = time.monotonic()
+        docs, stats = crawl(fandom_api_url(server.base_url), ["Jutsu"], session(), log=lines.append)
+        assert time.monotonic() - start >= 2.0, "Retry-After: 1, twice"
+        assert sum("the wiki is lagging" in line for line in lines) == 2
+        assert len(docs) == 12
+        assert [r["fault"] for r in server.requests[:3]] == ["maxlag", "maxlag", None]

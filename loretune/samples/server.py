@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 SNAPSHOT_DIR = Path(__file__).parent / "snapshot"
-FAULTS = ("429", "503", "timeout", "truncated", "badjson", "html", "offsite")
+FAULTS = ("429", "503", "timeout", "truncated", "badjson", "html", "offsite", "maxlag")
 TIMESTAMP = "2026-01-01T00:00:00Z"  # every snapshot revision's; fixed so responses are reproducible
 CATEGORY_PAGE_LIMIT = 10  # category members per response whatever cmlimit asks: ~30 pages continue
 TITLES_LIMIT = 50  # the real API's limit for titles=... without apihighlimits
@@ -221,7 +221,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         try:
-            reply = self._fault_reply(fault) if fault in ("429", "503", "html", "offsite") else self._route(app, url.path, params)
+            reply = self._fault_reply(fault) if fault in ("429", "503", "html", "offsite", "maxlag") else self._route(app, url.path, params)
         except Exception as exc:  # a bug here should look like a broken server, not a hung one
             traceback.print_exc()
             reply = _html_reply(500, "Internal Server Error", f"{type(exc).__name__}: {exc}")
@@ -229,6 +229,14 @@ class _Handler(BaseHTTPRequestHandler):
             reply = Reply(200, reply.body[: max(1, len(reply.body) // 2)], "application/json; charset=utf-8", {})
         app._record(url.path, params, reply.status, fault)
         self._send(reply, truncate=fault == "truncated")
+
+    def do_POST(self) -> None:  # noqa: N802
+        """Served as a GET whose query also holds the urlencoded body: praw POSTs for its OAuth
+        token and for /api/morechildren, and neither needs more than the form fields."""
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode("utf-8", "replace")
+        url = urlsplit(self.path)
+        self.path = url._replace(query="&".join(part for part in (url.query, body) if part)).geturl()
+        self.do_GET()
 
     def _route(self, app: SampleSourcesServer, path: str, params: dict[str, str]) -> Reply:
         if path == "/robots.txt":
@@ -255,6 +263,9 @@ class _Handler(BaseHTTPRequestHandler):
             return reply
         if fault == "503":
             return _html_reply(503, "Service Unavailable", "Our servers are busy; try again later.")
+        if fault == "maxlag":  # MediaWiki answers a lagging replica with 200 + error + Retry-After
+            return _json_reply({"error": {"code": "maxlag", "info": "Waiting for a replica: 7 seconds lagged.",
+                                          "lag": 7, "type": "db"}}, headers={"Retry-After": "1"})
         if fault == "offsite":  # another loopback address: refused by host, never connected to
             port = self.server.server_address[1]  # type: ignore[attr-defined]
             return Reply(302, b"", "text/html", {"Location": f"http://127.0.0.2:{port}{self.path}"})
