@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from loretune.config import HttpConfig, SourcesConfig
-from loretune.ingest import fandom
+from loretune.ingest import fandom, reddit, sportskeeda, youtube
 from loretune.ingest.documents import Document
 from loretune.ingest.http import PoliteSession, SourceSkipped
 
@@ -41,7 +41,25 @@ def _fandom(sources: SourcesConfig, session: PoliteSession, http: HttpConfig, lo
                         max_pages=cfg.max_pages, license=cfg.license, log=log)
 
 
-RUNNERS: dict[str, Runner] = {"fandom": _fandom}
+def _youtube(sources: SourcesConfig, session: PoliteSession, http: HttpConfig, log: Callable[[str], None]
+             ) -> tuple[list[Document], dict]:
+    if not sources.youtube.videos:
+        raise SourceSkipped("no videos configured (sources.youtube.videos is empty)")
+    return youtube.crawl(sources.youtube, session, log=log)
+
+
+def _reddit(sources: SourcesConfig, session: PoliteSession, http: HttpConfig, log: Callable[[str], None]
+            ) -> tuple[list[Document], dict]:
+    # praw has its own HTTP client (and rate limiter); credentials come from the environment.
+    return reddit.crawl(sources.reddit, user_agent=http.user_agent, log=log)
+
+
+def _sportskeeda(sources: SourcesConfig, session: PoliteSession, http: HttpConfig, log: Callable[[str], None]
+                 ) -> tuple[list[Document], dict]:
+    return sportskeeda.crawl(sources.sportskeeda, session, log=log)
+
+
+RUNNERS: dict[str, Runner] = {"fandom": _fandom, "reddit": _reddit, "youtube": _youtube, "sportskeeda": _sportskeeda}
 
 
 def collect(sources: SourcesConfig, http: HttpConfig, log: Callable[[str], None] = print,

@@ -16,12 +16,12 @@ from prefect.cache_policies import NO_CACHE
 
 from loretune.config import HttpConfig, SourcesConfig
 from loretune.fingerprint import canonical, code_version, digest
-from loretune.ingest import documents, fandom, http, sources, wikitext
+from loretune.ingest import documents, fandom, http, reddit, sources, sportskeeda, wikitext, youtube
 from loretune.store import ArtifactRef, ArtifactStore
 from loretune.tasks.stage import announce, run_provenance
 
 STAGE = "documents"
-CODE = code_version(documents, fandom, http, sources, wikitext)
+CODE = code_version(documents, fandom, http, reddit, sources, sportskeeda, wikitext, youtube)
 
 
 @task(name="ingest", cache_policy=NO_CACHE)

@@ -159,6 +159,15 @@ def test_documents_manifest_says_how_each_source_did(cold, store):
     manifest = ArtifactStore(store).manifest("documents", cold["stages"]["documents"]["version"])
     fandom = manifest["sources"]["fandom"]
     assert fandom["status"] == "ok" and fandom["error"] is None
-    assert fandom["documents"] == manifest["counts"]["documents"] == 30
+    assert fandom["documents"] == manifest["counts"]["fandom_documents"] == 30
+    assert manifest["counts"]["documents"] == sum(s["documents"] for s in manifest["sources"].values())
     assert fandom["stats"]["revisions_requests"] == 1 and fandom["stats"]["titles_per_revisions_request"] == [32]
     assert fandom["requests"] >= 5 and fandom["bytes"] > 0
+
+
+def test_every_sample_source_contributes_documents(cold, store):
+    manifest = ArtifactStore(store).manifest("documents", cold["stages"]["documents"]["version"])
+    statuses = {name: s["status"] for name, s in manifest["sources"].items()}
+    assert statuses == {"fandom": "ok", "reddit": "skipped", "youtube": "ok", "sportskeeda": "ok"}
+    assert "no Reddit credentials" in manifest["sources"]["reddit"]["error"]
+    assert manifest["sources"]["youtube"]["documents"] == 3 and manifest["sources"]["sportskeeda"]["documents"] == 5

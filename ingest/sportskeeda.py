@@ -1,0 +1,336 @@
+"""Sportskeeda anime articles: discovered from the RSS feed and sitemaps, read from their pages.
+
+Sportskeeda has no API, so this reads what a browser gets, politely (one `PoliteSession`), and keeps
+only articles about the configured fandom: the anime feed covers every series, and fetching pages we
+would throw away costs the site and us. A feed item carries its title and summary, so it is judged
+before any fetch; a sitemap entry often carries only a URL, so it is judged by the URL and, failing
+that, by the headline of the page once fetched.
+
+Metadata comes from the page's JSON-LD `NewsArticle` (the publisher's own structured statement of
+headline, author, date and image), falling back to the `<h1>` and meta tags older templates use. The
+body is the article's paragraphs after removing everything that is not the article: ads, "Also read"
+lines and boxes, related-article lists, newsletter boxes, navigation, scripts and styles. Those are
+found by what they are marked as (tags, ARIA roles, class names), not by guessing from their wording,
+except the inline "Also read:" line, which has no markup of its own.
+
+    docs, stats = crawl(config.sources.sportskeeda, session)
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Iterator
+from urllib.parse import urljoin, urlsplit, urlunsplit
+from xml.etree import ElementTree
+
+import feedparser
+from bs4 import BeautifulSoup, Tag
+
+from loretune.config import SportskeedaSource
+from loretune.ingest.documents import Document
+from loretune.ingest.http import PoliteSession, SourceError
+
+ARTICLE_TYPES = {"NewsArticle", "Article", "ReportageNewsArticle", "AnalysisNewsArticle", "BlogPosting"}
+BLOCKS = ["p", "h2", "h3", "h4", "li", "blockquote"]  # what prose is made of; divs only hold it
+NOISE_TAGS = ["script", "style", "noscript", "template", "iframe", "svg", "form", "button", "input",
+              "aside", "nav", "header", "footer", "figcaption"]
+NOISE_ROLES = {"navigation", "complementary", "banner", "contentinfo", "search", "form"}
+# Matched against each class name and the id, split at - and _ (so "ad-container" is an ad, "read" is
+# not "ad"): the names sites give to ads, promotions, cross-links, sign-ups and share bars.
+NOISE_NAME = re.compile(
+    r"(?:^|[-_])(?:ads?|advert\w*|sponsor\w*|promo\w*|newsletter|subscribe\w*|signup|related|also|"
+    r"recommended|trending|share|sharing|social|comments?|breadcrumbs?|author|byline)(?:[-_]|$)",
+    re.IGNORECASE,
+)
+ALSO_READ = re.compile(r"^\s*(?:also read|read also|read more|also check out|also see|see also)\b", re.IGNORECASE)
+BODY_CONTAINERS = ['[itemprop="articleBody"]', "#article-content", ".article-content", ".article-body", "article"]
+
+
+@dataclass
+class Candidate:
+    """An article URL and what the listing that named it said about it (None: it said nothing)."""
+
+    url: str
+    title: str | None = None
+    summary: str = ""
+
+
+@dataclass
+class Article:
+    title: str
+    author: str
+    published: str
+    image: str | None
+    text: str
+
+
+def crawl(cfg: SportskeedaSource, session: PoliteSession, log: Callable[[str], None] = print
+          ) -> tuple[list[Document], dict[str, Any]]:
+    """Documents for the articles about `cfg.keywords`, at most `cfg.max_articles`, and crawl stats.
+
+    One failing article is logged and skipped; the source fails (`SourceError`) only when the feed
+    and every sitemap failed, because then we do not know what exists at all.
+    """
+    candidates = discover(cfg, session, log)
+    documents: list[Document] = []
+    stats: dict[str, Any] = {"discovered": len(candidates), "kept": 0, "filtered_out": 0, "capped": 0, "failed": []}
+    for candidate in candidates:
+        if len(documents) >= cfg.max_articles:
+            stats["capped"] += 1
+            continue
+        listed_match = matches(cfg.keywords, candidate.title or "", candidate.summary, candidate.url)
+        if not listed_match and candidate.title is not None:  # the listing told us enough to say no
+            stats["filtered_out"] += 1
+            continue
+        try:
+            article = fetch_article(candidate.url, session)
+        except SourceError as exc:
+            log(f"sportskeeda: skipping {exc.url}: {exc.reason}")
+            stats["failed"].append(candidate.url)
+            continue
+        if not listed_match and not matches(cfg.keywords, article.title):
+            stats["filtered_out"] += 1
+            continue
+        documents.append(_document(candidate.url, article, cfg.license))
+    stats["kept"] = len(documents)
+    stats["requests"] = session.requests_made
+    log(f"sportskeeda: {stats['kept']} articles kept of {stats['discovered']} discovered "
+        f"({stats['filtered_out']} off-topic, {len(stats['failed'])} failed, {stats['capped']} over the cap)")
+    return documents, stats
+
+
+def discover(cfg: SportskeedaSource, session: PoliteSession, log: Callable[[str], None] = print) -> list[Candidate]:
+    """Candidates from the feed, then each sitemap, one per canonical URL (the first listing wins:
+    the feed's, which has a title and summary to judge by)."""
+    listings = [(cfg.feed_url, feed_candidates)] + [(url, sitemap_candidates) for url in cfg.sitemap_urls]
+    found: dict[str, Candidate] = {}
+    errors: list[str] = []
+    for url, read in listings:
+        try:
+            for candidate in read(url, session):
+                found.setdefault(candidate.url, candidate)
+        except SourceError as exc:
+            log(f"sportskeeda: listing failed: {exc}")
+            errors.append(str(exc))
+    if errors and len(errors) == len(listings):
+        raise SourceError(cfg.feed_url, "the feed and every sitemap failed: " + "; ".join(errors))
+    return list(found.values())
+
+
+def feed_candidates(url: str, session: PoliteSession) -> list[Candidate]:
+    """The items of an RSS/Atom feed. feedparser gets bytes we fetched, so the polite session (robots,
+    rate limit, retries, size cap) is the only thing that ever talks to the site."""
+    parsed = feedparser.parse(session.get_bytes(url))
+    if not parsed.entries:
+        reason = f"not a feed ({parsed.bozo_exception})" if parsed.bozo else "the feed has no items"
+        raise SourceError(url, reason)
+    return [
+        Candidate(canonical_url(urljoin(url, entry.link)), entry.get("title", ""), _plain(entry.get("summary", "")))
+        for entry in parsed.entries
+        if entry.get("link")
+    ]
+
+
+def sitemap_candidates(url: str, session: PoliteSession) -> list[Candidate]:
+    """The `<url>` entries of a sitemap, with the Google News `<news:title>` when there is one.
+
+    Namespaces are matched by local name: sitemaps in the wild disagree on them. (ElementTree never
+    fetches external entities, and the expat it uses refuses entity-expansion bombs.)
+    """
+    try:
+        root = ElementTree.fromstring(session.get_bytes(url))
+    except ElementTree.ParseError as exc:
+        raise SourceError(url, f"not a sitemap: invalid XML ({exc})") from None
+    if _local(root.tag) != "urlset":
+        raise SourceError(url, f"not a sitemap <urlset> but <{_local(root.tag)}> (sitemap indexes are not followed)")
+    candidates = []
+    for entry in root:
+        fields = {_local(el.tag): (el.text or "").strip() for el in entry.iter()}
+        if fields.get("loc"):
+            candidates.append(Candidate(canonical_url(urljoin(url, fields["loc"])), fields.get("title") or None))
+    return candidates
+
+
+def matches(keywords: Iterable[str], *texts: str) -> bool:
+    """Whether any keyword occurs in any text, ignoring case; no keywords means no filter."""
+    keywords = [k.lower() for k in keywords if k.strip()]
+    haystack = " ".join(texts).lower()
+    return not keywords or any(k in haystack for k in keywords)
+
+
+def fetch_article(url: str, session: PoliteSession) -> Article:
+    article = parse_article(session.get_bytes(url), url)
+    if not article.text:
+        raise SourceError(url, "no article text found on the page")
+    return article
+
+
+def parse_article(page: bytes | str, url: str) -> Article:
+    """Metadata from JSON-LD (else `<h1>` and meta tags), text from the cleaned article body."""
+    soup = BeautifulSoup(page, "html.parser")
+    data = json_ld_article(soup) or {}
+    image = _first_image(data.get("image")) or _meta(soup, "og:image", "twitter:image")
+    return Article(
+        title=_clean(html.unescape(str(data.get("headline") or ""))) or _fallback_title(soup),
+        author=_author_names(data.get("author")) or _fallback_author(soup),
+        published=str(data.get("datePublished") or "") or _fallback_published(soup),
+        image=urljoin(url, image) if image else None,
+        text=article_text(soup),
+    )
+
+
+def json_ld_article(soup: BeautifulSoup) -> dict[str, Any] | None:
+    """The first Article-typed JSON-LD object, wherever the page put it (top level, a list, @graph).
+
+    A broken JSON-LD block is skipped, not fatal: pages often carry several and one is often wrong.
+    """
+    for script in soup.find_all("script", type="application/ld+json"):
+        try:
+            data = json.loads(script.string or "", strict=False)  # strict=False: raw newlines in strings
+        except json.JSONDecodeError:
+            continue
+        for node in _json_ld_nodes(data):
+            types = node.get("@type")
+            if set(types if isinstance(types, list) else [types]) & ARTICLE_TYPES:
+                return node
+    return None
+
+
+def article_text(soup: BeautifulSoup) -> str:
+    """The article's prose blocks in page order, one per paragraph, with the non-article parts removed.
+
+    Removes by markup first (tags, roles, class/id names), then takes only prose blocks that are not
+    nested in another one (so a list item holding a <p> counts once) and drops "Also read:" lines.
+    """
+    body = _body_container(soup)
+    for element in list(body.find_all(True)):
+        if not element.decomposed and _is_noise(element):
+            element.decompose()
+    blocks = []
+    for block in body.find_all(BLOCKS):
+        if _inside_another_block(block, body):
+            continue
+        text = _clean(block.get_text())
+        if text and not ALSO_READ.match(text):
+            blocks.append(text)
+    return "\n\n".join(blocks)
+
+
+def canonical_url(url: str) -> str:
+    """The URL without query or fragment: the feed tags its links (utm_source=...) and the sitemap does
+    not, and Sportskeeda's article addresses never need a query, so this makes one article one key."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def slug(url: str) -> str:
+    return urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _document(url: str, article: Article, license: str) -> Document:
+    return Document(
+        source="sportskeeda",
+        id=slug(url),
+        url=url,
+        title=article.title,
+        text=article.text,
+        image_urls=[article.image] if article.image else [],
+        license=license,
+        attribution=f"Sportskeeda, {url}",
+        fetched_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        meta={"author": article.author, "published": article.published},
+    )
+
+
+def _json_ld_nodes(data: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(data, list):
+        for item in data:
+            yield from _json_ld_nodes(item)
+    elif isinstance(data, dict):
+        yield data
+        yield from _json_ld_nodes(data.get("@graph", []))
+
+
+def _first_image(value: Any) -> str | None:
+    """schema.org allows an image as a URL, an ImageObject, or a list of either."""
+    if isinstance(value, list):
+        return next((url for url in map(_first_image, value) if url), None)
+    if isinstance(value, dict):
+        return value.get("url") or value.get("contentUrl")
+    return value if isinstance(value, str) and value else None
+
+
+def _author_names(value: Any) -> str:
+    """schema.org allows an author as a name, a Person/Organization, or a list of them."""
+    if isinstance(value, list):
+        return ", ".join(name for name in map(_author_names, value) if name)
+    if isinstance(value, dict):
+        return _clean(str(value.get("name") or ""))
+    return _clean(value) if isinstance(value, str) else ""
+
+
+def _fallback_title(soup: BeautifulSoup) -> str:
+    h1 = soup.find("h1")
+    return (_clean(h1.get_text()) if h1 else "") or _meta(soup, "og:title") or (
+        _clean(soup.title.get_text()) if soup.title else "")
+
+
+def _fallback_author(soup: BeautifulSoup) -> str:
+    named = _meta(soup, "author")
+    if named:
+        return named
+    link = soup.find("a", rel="author")
+    return _clean(link.get_text()) if link else ""
+
+
+def _fallback_published(soup: BeautifulSoup) -> str:
+    time = soup.find("time", datetime=True)
+    return _meta(soup, "article:published_time") or (str(time["datetime"]) if time else "")
+
+
+def _meta(soup: BeautifulSoup, *names: str) -> str:
+    """The first non-empty <meta> content among `names` (OpenGraph uses property=, others name=)."""
+    for name in names:
+        tag = soup.find("meta", attrs={"property": name}) or soup.find("meta", attrs={"name": name})
+        if tag and tag.get("content", "").strip():
+            return _clean(tag["content"])
+    return ""
+
+
+def _body_container(soup: BeautifulSoup) -> Tag:
+    for selector in BODY_CONTAINERS:
+        found = soup.select_one(selector)
+        if found is not None:
+            return found
+    return soup.body or soup
+
+
+def _inside_another_block(block: Tag, body: Tag) -> bool:
+    outer = block.find_parent(BLOCKS)
+    return outer is not None and body in outer.parents
+
+
+def _is_noise(element: Tag) -> bool:
+    if element.name in NOISE_TAGS or element.get("role") in NOISE_ROLES:
+        return True
+    names = list(element.get("class") or []) + [element.get("id") or ""]
+    return any(NOISE_NAME.search(name) for name in names if name)
+
+
+def _plain(fragment: str) -> str:
+    return _clean(BeautifulSoup(fragment, "html.parser").get_text(" ")) if fragment else ""
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
