@@ -59,7 +59,10 @@ def test_posts_come_with_full_comment_trees_and_more_stubs_expanded(srv):
     assert "Asuma's lighter" in docs["1hna08"].text
     assert stats["posts"] == 4 and stats["comments"] == 12
     # token + 2 listings + one comments page per kept post + one morechildren
-    assert stats["requests"] == len(srv.requests) == 1 + 2 + 4 + 1
+    # token, top + new, 4 comment pages, 1 morechildren. The client may count one more under load:
+    # a keep-alive connection the server already closed is retried, and only one reaches it.
+    assert len(srv.requests) == 1 + 2 + 4 + 1
+    assert len(srv.requests) <= stats["requests"] <= len(srv.requests) + 1
 
 
 def test_removed_deleted_nsfw_and_stickied_mod_posts_are_dropped_and_counted(srv):
@@ -119,7 +122,8 @@ def test_429_is_retried_after_its_retry_after(srv, prefix):
     assert waits == [1.0]  # the server's Retry-After
     assert any("rate limited (HTTP 429)" in line and prefix in line for line in logs)
     assert [r["fault"] for r in srv.requests].count("429") == 1
-    assert stats["requests"] == 9
+    assert len(srv.requests) == 9  # the 8 of a clean crawl plus the one that got the 429
+    assert 9 <= stats["requests"] <= 10  # see the note on keep-alive retries above
 
 
 def test_endless_429_gives_up_with_an_error_naming_the_url(srv):
