@@ -63,11 +63,16 @@ RUNNERS: dict[str, Runner] = {"fandom": _fandom, "reddit": _reddit, "youtube": _
 
 
 def collect(sources: SourcesConfig, http: HttpConfig, log: Callable[[str], None] = print,
-            previous: Sequence[Document] = (), runners: Mapping[str, Runner] = RUNNERS,
+            previous: Callable[[], Sequence[Document]] = tuple, runners: Mapping[str, Runner] = RUNNERS,
             ) -> tuple[list[Document], dict[str, SourceReport]]:
-    """Every enabled source's documents; a failed source's come from `previous` instead."""
+    """Every enabled source's documents; a failed source's come from `previous()` instead.
+
+    `previous` is called only if a source fails (at most once), so a good night never reads the
+    stored corpus.
+    """
     documents: list[Document] = []
     reports: dict[str, SourceReport] = {}
+    stored: Sequence[Document] | None = None
     for name, run in runners.items():
         section = getattr(sources, name, None)
         if section is not None and not section.enabled:
@@ -81,7 +86,8 @@ def collect(sources: SourcesConfig, http: HttpConfig, log: Callable[[str], None]
             log(f"{name}: skipped: {exc}")
             continue
         except Exception as exc:  # any failure of one source is reported, not raised
-            kept = [doc for doc in previous if doc.source == name]
+            stored = previous() if stored is None else stored
+            kept = [doc for doc in stored if doc.source == name]
             documents += kept
             reports[name] = SourceReport("failed", len(kept), session.requests_made, session.bytes_received,
                                          error=f"{type(exc).__name__}: {exc}", carried_forward=len(kept))

@@ -28,14 +28,15 @@ CODE = code_version(documents, fandom, http, reddit, sources, sportskeeda, wikit
 def ingest_documents(store: str, domain: str, sources_cfg: SourcesConfig, http_cfg: HttpConfig) -> ArtifactRef:
     logger = get_run_logger()
     artifacts = ArtifactStore(store)
-    docs, reports = sources.collect(sources_cfg, http_cfg, log=logger.info, previous=_latest_documents(artifacts))
+    docs, reports = sources.collect(sources_cfg, http_cfg, log=logger.info,
+                                    previous=lambda: _latest_documents(artifacts))
     summaries = {name: {k: v for k, v in dataclasses.asdict(r).items() if k != "stats"} for name, r in reports.items()}
     create_table_artifact(key=f"{domain}-sources", table=[{"source": n, **row} for n, row in summaries.items()],
                           description="what each source returned in this run")
     failed = [name for name, row in summaries.items() if row["status"] == "failed"]
     if failed:
-        logger.warning("sources failed and were left out of this run: %s (see the %s-sources artifact)",
-                       ", ".join(failed), domain)
+        logger.warning("sources failed and kept their documents from the previous version: %s "
+                       "(see the %s-sources artifact)", ", ".join(failed), domain)
 
     version = digest({"stage": STAGE, "corpus": documents.corpus_hash(docs)})
     if artifacts.exists(STAGE, version):

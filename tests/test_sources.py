@@ -16,14 +16,14 @@ def doc(source: str, id_: str) -> Document:
                     license="l", attribution="a", fetched_at="2026-01-01T00:00:00+00:00", meta={})
 
 
-def test_a_failed_source_keeps_its_previous_documents_and_says_so(samples, monkeypatch):
-    previous = [doc("fandom", "1"), doc("fandom", "2"), doc("reddit", "9")]
+def test_when_every_source_fails_the_run_fails_with_each_reason(samples, monkeypatch):
+    previous = [doc("fandom", "1"), doc("fandom", "2")]
     monkeypatch.setattr(sources.fandom, "crawl", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     cfg = SourcesConfig.model_validate({"fandom": {"api_url": f"{samples.base_url}/fandom/api.php"},
                                         "reddit": {"enabled": False}, "youtube": {"enabled": False},
                                         "sportskeeda": {"enabled": False}})
     with pytest.raises(sources.AllSourcesFailed, match="fandom: RuntimeError: boom"):
-        sources.collect(cfg, HTTP, log=lambda m: None, previous=previous)
+        sources.collect(cfg, HTTP, log=lambda m: None, previous=lambda: previous)
 
 
 def test_failed_source_documents_are_carried_forward_while_others_refresh(samples, monkeypatch):
@@ -43,8 +43,21 @@ def test_failed_source_documents_are_carried_forward_while_others_refresh(sample
                                         "sportskeeda": {"enabled": False}})
     lines = []
     runners = {"fandom": sources.RUNNERS["fandom"], "fandom_mirror": sources.RUNNERS["fandom"]}
-    docs, reports = sources.collect(cfg, HTTP, log=lines.append, previous=previous, runners=runners)
+    reads = []
+    docs, reports = sources.collect(cfg, HTTP, log=lines.append, runners=runners,
+                                    previous=lambda: reads.append(1) or previous)
     assert reports["fandom"].status == "failed" and reports["fandom"].carried_forward == 2
     assert reports["fandom_mirror"].status == "ok" and reports["fandom_mirror"].documents == 30
     assert {d.id for d in docs if d.id in {"1", "2"}} == {"1", "2"}
     assert any("keeping its 2 documents" in line for line in lines)
+    assert reads == [1], "the stored corpus is read once, and only because a source failed"
+
+
+def test_a_good_run_never_reads_the_stored_corpus(samples):
+    cfg = SourcesConfig.model_validate({"fandom": {"api_url": f"{samples.base_url}/fandom/api.php"},
+                                        "reddit": {"enabled": False}, "youtube": {"enabled": False},
+                                        "sportskeeda": {"enabled": False}})
+    def unexpected():
+        raise AssertionError("read the stored corpus although no source failed")
+    docs, reports = sources.collect(cfg, HTTP, log=lambda m: None, previous=unexpected)
+    assert reports["fandom"].status == "ok" and len(docs) == 30
