@@ -49,7 +49,7 @@ class RedditSource(Section):
     """praw's own settings: `oauth_url` / `reddit_url` point it at the sample server offline.
 
     Credentials never live here: REDDIT_CLIENT_ID, REDDIT_CLIENT_SECRET and REDDIT_USER_AGENT
-    come from the environment (or a Prefect Secret block); without them Reddit is skipped.
+    come from the environment; without them Reddit is skipped. (Prefect Secret blocks: not yet.)
     """
 
     enabled: bool = True

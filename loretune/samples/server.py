@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 SNAPSHOT_DIR = Path(__file__).parent / "snapshot"
 FAULTS = ("429", "503", "timeout", "truncated", "badjson", "html", "offsite", "maxlag")
+REPLY_FAULTS = {"429", "503", "html", "offsite", "maxlag"}  # answered instead of the real reply
 TIMESTAMP = "2026-01-01T00:00:00Z"  # every snapshot revision's; fixed so responses are reproducible
 CATEGORY_PAGE_LIMIT = 10  # category members per response whatever cmlimit asks: ~30 pages continue
 TITLES_LIMIT = 50  # the real API's limit for titles=... without apihighlimits
@@ -67,16 +68,10 @@ SITE_MODULES = {
 
 
 def _site_modules() -> dict[str, Any]:
+    """Imported on use, not at module load: the site modules import this one for `Reply`."""
     import importlib
 
-    found = {}
-    for prefix, name in SITE_MODULES.items():
-        try:
-            found[prefix] = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-    return found
+    return {prefix: importlib.import_module(name) for prefix, name in SITE_MODULES.items()}
 
 
 def sample_overrides(base: str) -> dict[str, Any]:
@@ -109,8 +104,7 @@ class SampleSourcesServer:
         self.host, self.port = host, port
         self.snapshot_dir = Path(snapshot_dir or SNAPSHOT_DIR)
         self.wiki = Wiki(self.snapshot_dir / "fandom")
-        self.sites = {prefix: module.Site(Path(snapshot_dir or SNAPSHOT_DIR))
-                      for prefix, module in _site_modules().items()}
+        self.sites = {prefix: module.Site(self.snapshot_dir) for prefix, module in _site_modules().items()}
         self.timeout_fault_s = 3.0  # how long a "timeout" fault stays silent before hanging up
         self.base_url = ""
         self._lock = threading.Lock()
@@ -221,7 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         try:
-            reply = self._fault_reply(fault) if fault in ("429", "503", "html", "offsite", "maxlag") else self._route(app, url.path, params)
+            reply = self._fault_reply(fault) if fault in REPLY_FAULTS else self._route(app, url.path, params)
         except Exception as exc:  # a bug here should look like a broken server, not a hung one
             traceback.print_exc()
             reply = _html_reply(500, "Internal Server Error", f"{type(exc).__name__}: {exc}")
