@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -39,7 +41,12 @@ def test_the_reddit_secret_never_reaches_anything_written(ingest, tmp_path, capf
     written = "".join(p.read_text(errors="replace") for p in (tmp_path / "store").rglob("*")
                       if p.is_file() and p.suffix in {".json", ".parquet", ""})
     out, err = capfd.readouterr()
-    for where, text in {"store": written, "stdout": out, "stderr": err, "log": caplog.text}.items():
+    prefect_home = Path(os.environ["PREFECT_HOME"])
+    results = "".join(p.read_bytes().decode("utf-8", "replace") for p in prefect_home.rglob("*") if p.is_file())
+    published = {"store": written, "stdout": out, "stderr": err, "log": caplog.text,
+                 "Prefect artifacts": all_artifacts_text(), "Prefect home": results}
+    assert "fandom" in published["Prefect artifacts"], "the search must see what the runs published"
+    for where, text in published.items():
         assert CANARY not in text, f"the Reddit client secret leaked into {where}"
 
 
@@ -53,6 +60,18 @@ def test_a_failing_source_does_not_sink_the_others_and_keeps_its_documents(inges
     assert rows["sportskeeda"]["status"] == "failed" and "127.0.0.1:9" in rows["sportskeeda"]["error"]
     assert rows["sportskeeda"]["carried_forward"] == 5
     assert rows["fandom"]["status"] == rows["youtube"]["status"] == rows["reddit"]["status"] == "ok"
+
+
+def all_artifacts_text() -> str:
+    """Every artifact in the Prefect API, as the UI would show it."""
+    from prefect import get_client
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def fetch():
+        async with get_client() as client:
+            return await client.read_artifacts(limit=200)
+
+    return "".join(f"{a.key} {a.description} {a.data}" for a in run_coro_as_sync(fetch()))
 
 
 def latest_table(key: str) -> list[dict]:
