@@ -4,15 +4,27 @@ Politeness here means few, batched requests: category listings follow the API's 
 page content comes 50 titles per request (the API's limit), and image URLs are resolved in batches
 too. Every request carries maxlag=5, so a lagging wiki can tell us to go away before it suffers.
 Redirects are followed once by the API (redirects=1), and a page reached twice is stored once.
+
+After a first crawl, later runs are incremental: the wiki's `list=recentchanges` since the stored
+crawl says which titles were edited, created, moved or deleted; only those are looked at (their
+categories first, without content, since most wiki edits are outside the configured categories),
+and only those still in scope are re-fetched. Every other page is the stored document, unchanged.
+A full crawl happens when there is no stored state, when the state is older than the wiki keeps
+changes for, or when the crawl's scope (URL, categories, page cap, parser code) changed, since the
+stored documents would then not be what a full crawl gives.
 """
 
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import quote, urlsplit
 
+from loretune.fingerprint import code_version, digest
+from loretune.ingest import documents as documents_module
+from loretune.ingest import wikitext
 from loretune.ingest.documents import Document
 from loretune.ingest.http import PoliteSession, SourceError
 from loretune.ingest.wikitext import normalize_title, parse_page
@@ -20,6 +32,22 @@ from loretune.ingest.wikitext import normalize_title, parse_page
 API_TITLES_LIMIT = 50  # titles per request for clients without the apihighlimits right
 MAXLAG_S = "5"  # seconds of replication lag after which the wiki may refuse us
 MAXLAG_RETRIES = 5  # a lagging wiki says when to come back; after this many waits we give up
+RC_OVERLAP = timedelta(minutes=5)  # asked again next time: edits saved while we crawled are not missed
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a crawl covers. Stored documents are only reused by a crawl of the same scope."""
+
+    api_url: str
+    categories: tuple[str, ...]
+    max_pages: int | None = None
+
+    def key(self) -> str:
+        # The parser's code is part of it: a better parser must re-read every page, not just new edits.
+        code = code_version(wikitext, documents_module)
+        return digest({"api_url": self.api_url, "categories": sorted(_category_name(c) for c in self.categories),
+                       "max_pages": self.max_pages, "code": code})
 
 
 def crawl(
@@ -31,16 +59,35 @@ def crawl(
     max_pages: int | None = None,
     license: str = "CC BY-SA 3.0",
     log: Callable[[str], None] = print,
-) -> tuple[list[Document], dict]:
-    """Every page in `categories` as a Document, plus statistics about how they were fetched.
+    state: dict[str, Any] | None = None,
+    stored: Callable[[], Sequence[Document]] = tuple,
+    max_state_age: timedelta = timedelta(days=30),
+) -> tuple[list[Document], dict, dict[str, Any]]:
+    """Every page in `categories` as a Document, statistics about how they were fetched, and the
+    state the next run needs to be incremental.
 
-    `stats["requests"]` counts API calls made here; retries are in `session.requests_made`.
+    `state` and `stored` are what the previous run returned and published; `stored` is only called
+    for an incremental run. `stats["requests"]` counts API calls made here; retries are in
+    `session.requests_made`.
     """
     if not 1 <= batch_size <= API_TITLES_LIMIT:
         raise ValueError(f"batch_size {batch_size}: the API takes 1 to {API_TITLES_LIMIT} titles a request")
     api = _Api(api_url, session, log)
     site = api.site_info()
+    scope = Scope(api_url, tuple(categories), max_pages)
+    new_state = {"scope": scope.key(), "since": _iso(_parse_time(site["time"]) - RC_OVERLAP)}
+    reason = _why_full_crawl(state, scope, site["time"], max_state_age)
+    if reason is None:
+        docs, stats = _update(api, site, scope, state["since"], list(stored()), batch_size, license, log)
+    else:
+        log(f"fandom: full crawl ({reason})")
+        docs, stats = _crawl_all(api, site, scope, batch_size, license, log)
+    return docs, stats, new_state
 
+
+def _crawl_all(api: _Api, site: dict[str, Any], scope: Scope, batch_size: int, license: str,
+               log: Callable[[str], None]) -> tuple[list[Document], dict]:
+    max_pages, categories = scope.max_pages, scope.categories
     wanted: dict[str, None] = {}  # insertion-ordered set: a page in two categories is fetched once
     for category in categories:
         members = api.category_members(category, limit=_room(max_pages, wanted))
@@ -57,6 +104,7 @@ def crawl(
 
     documents = [_document(page, site, file_urls, license) for page in pages]
     stats = {
+        "mode": "full",
         "requests": api.requests,
         "pages": len(documents),
         "revisions_requests": len(api.titles_per_revisions_request),
@@ -66,6 +114,58 @@ def crawl(
         "warnings": api.warnings,
     }
     return documents, stats
+
+
+def _update(api: _Api, site: dict[str, Any], scope: Scope, since: str, stored: list[Document],
+            batch_size: int, license: str, log: Callable[[str], None]) -> tuple[list[Document], dict]:
+    """The stored documents, with the pages changed since `since` re-fetched, added or removed."""
+    stored = [doc for doc in stored if doc.source == "fandom"]
+    touched = set(api.recent_changes(since))
+    stats: dict[str, Any] = {"mode": "incremental", "since": since, "changed_titles": len(touched)}
+    if not touched:
+        log(f"fandom: no changes since {since}; keeping the {len(stored)} stored pages")
+        return stored, {**stats, "requests": api.requests, "pages": len(stored), "refetched": []}
+
+    in_scope = api.titles_in_categories(sorted(touched), scope.categories)
+    by_title = {doc.title: doc for doc in stored}
+    pages, skipped = _fetch_pages(api, in_scope, batch_size, log) if in_scope else ([], {})
+    files = list(dict.fromkeys(name for page in pages for name in page["parsed"].files))
+    file_urls = api.image_urls(files)
+    fresh = [_document(page, site, file_urls, license) for page in pages]
+
+    # A touched title is replaced by what it is now: re-fetched, or gone (deleted, moved away, or
+    # out of every category). A move keeps the page id, so the id drops the old title's document too.
+    replaced_ids = {doc.id for doc in fresh}
+    gone = [t for t in sorted(touched) if t in by_title and by_title[t].id not in replaced_ids]
+    kept = [doc for doc in stored if doc.title not in touched and doc.id not in replaced_ids]
+    documents = kept + fresh
+    if scope.max_pages is not None and len(documents) > scope.max_pages:
+        documents = kept[: scope.max_pages] + fresh[: max(0, scope.max_pages - len(kept))]
+    log(f"fandom: {len(touched)} titles changed since {since}; re-fetched {len(fresh)}, "
+        f"removed {len(gone)}, kept {len(kept)} stored pages")
+    return documents, {**stats, "requests": api.requests, "pages": len(documents),
+                       "refetched": [doc.title for doc in fresh], "removed": gone, "skipped": skipped,
+                       "warnings": api.warnings}
+
+
+def _why_full_crawl(state: dict[str, Any] | None, scope: Scope, now: str, max_age: timedelta) -> str | None:
+    """Why this run cannot be incremental, or None if it can."""
+    if not state or "since" not in state:
+        return "no stored crawl state"
+    if state.get("scope") != scope.key():
+        return "the wiki, categories, page cap or parser changed since the stored crawl"
+    age = _parse_time(now) - _parse_time(state["since"])
+    if age > max_age:
+        return f"the stored crawl is {age.days} days old, more than {max_age.days}"
+    return None
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def article_url(site: dict[str, Any], title: str) -> str:
@@ -153,7 +253,46 @@ class _Api:
         server = general["server"]
         if server.startswith("//"):  # protocol-relative, as some wikis configure $wgServer
             server = f"{urlsplit(self.url).scheme}:{server}"
-        return {"sitename": general["sitename"], "server": server, "articlepath": general["articlepath"]}
+        # The wiki's clock, not ours, is what recentchanges timestamps are compared with.
+        now = general.get("time") or _iso(datetime.now(timezone.utc))
+        return {"sitename": general["sitename"], "server": server, "articlepath": general["articlepath"],
+                "time": now}
+
+    def recent_changes(self, since: str) -> list[str]:
+        """Titles (main namespace) edited, created, moved or deleted since `since`, oldest first."""
+        params = {
+            "list": "recentchanges",
+            "rcstart": since,
+            "rcdir": "newer",
+            "rcnamespace": "0",
+            "rctype": "edit|new|log",
+            "rcprop": "title|ids|timestamp|loginfo",
+            "rclimit": "500",
+        }
+        titles: dict[str, None] = {}
+        for response in self.get_all(params):
+            for change in response.get("query", {}).get("recentchanges", []):
+                if change["type"] == "log" and change.get("logtype") not in ("delete", "move", "restore"):
+                    continue  # uploads, blocks, user rights: no page text changed
+                titles[change["title"]] = None
+                target = _move_target(change)
+                if target:
+                    titles[target] = None
+        return list(titles)
+
+    def titles_in_categories(self, titles: list[str], categories: Sequence[str]) -> list[str]:
+        """Which of `titles` (after redirects) are pages in any of `categories`, asked without content."""
+        wanted = "|".join(f"Category:{_category_name(c)}" for c in categories)
+        found: dict[str, None] = {}
+        for start in range(0, len(titles), API_TITLES_LIMIT):
+            batch = titles[start : start + API_TITLES_LIMIT]
+            params = {"prop": "categories", "titles": "|".join(batch), "clcategories": wanted,
+                      "cllimit": "max", "redirects": "1"}
+            for response in self.get_all(params):
+                for page in response.get("query", {}).get("pages", []):
+                    if page.get("categories") and not page.get("missing"):
+                        found[page["title"]] = None
+        return list(found)
 
     def category_members(self, category: str, limit: int | None) -> list[str]:
         """Titles of the category's pages (not subcategories or files), following continuation."""
@@ -246,6 +385,14 @@ class _Api:
 
     def _absolute(self, url: str) -> str:
         return f"{urlsplit(self.url).scheme}:{url}" if url.startswith("//") else url
+
+
+def _move_target(change: dict[str, Any]) -> str | None:
+    """The new title of a page move (formatversion=2 and the older `logparams` shapes)."""
+    params = change.get("logparams")
+    if change.get("logtype") != "move" or not isinstance(params, dict):
+        return None
+    return params.get("target_title") or params.get("4::target")
 
 
 def _asked_as(query: dict[str, Any], title: str) -> list[str]:

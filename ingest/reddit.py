@@ -80,14 +80,16 @@ def crawl(
 
 
 def _credentials(env: Mapping[str, str]) -> tuple[str, str]:
-    """App credentials from the environment only, so they never sit in a config file or manifest."""
+    """App credentials from `env` (the environment, or what the caller read from a secret store),
+    so they never sit in a config file or manifest."""
     client_id, client_secret = env.get("REDDIT_CLIENT_ID", ""), env.get("REDDIT_CLIENT_SECRET", "")
     missing = [name for name, value in (("REDDIT_CLIENT_ID", client_id), ("REDDIT_CLIENT_SECRET", client_secret))
                if not value]
     if missing:
         raise SourceSkipped(
             "no Reddit credentials: set REDDIT_CLIENT_ID and REDDIT_CLIENT_SECRET (and optionally "
-            f"REDDIT_USER_AGENT) for a Reddit 'script' or 'web' app; missing: {', '.join(missing)}")
+            "REDDIT_USER_AGENT) for a Reddit 'script' or 'web' app, or name a Prefect Secret block in "
+            f"sources.reddit.credentials_block; missing: {', '.join(missing)}")
     return client_id, client_secret
 
 

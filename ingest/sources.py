@@ -3,11 +3,19 @@
 Each source reports status (ok / failed / skipped), documents, requests, bytes and, if it failed,
 why. A failed source keeps the documents it had in the previous version (`carried_forward`), so a
 bad night never shrinks the corpus; only when every enabled source failed is nothing published.
+
+A source may also hand back `state` for its next run (Fandom: where in recentchanges to resume).
+It is published with the documents it describes, and comes back through `Stored` next time, so
+state and documents can never disagree: a run that publishes nothing leaves both as they were.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import cache
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from loretune.config import HttpConfig, SourcesConfig
@@ -24,78 +32,105 @@ class SourceReport:
     bytes: int = 0
     error: str | None = None
     carried_forward: int = 0
+    cached: int = 0  # responses that came from the HTTP cache (mostly 304 Not Modified)
     stats: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Stored:
+    """The newest stored documents version: each source's state, and a reader for its documents
+    (called only when a source needs them: an incremental update or a failure)."""
+
+    states: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    read: Callable[[], Sequence[Document]] = tuple
+
+
+@dataclass
+class Prior:
+    """One source's view of `Stored`."""
+
+    state: dict[str, Any]
+    documents: Callable[[], list[Document]]
 
 
 class AllSourcesFailed(RuntimeError):
     """No enabled source produced documents; nothing is published and nothing stored is touched."""
 
 
-Runner = Callable[[SourcesConfig, PoliteSession, HttpConfig, Callable[[str], None]], tuple[list[Document], dict]]
+Log = Callable[[str], None]
+Harvest = tuple[list[Document], dict, dict]  # documents, stats, state for the next run
+Runner = Callable[[SourcesConfig, PoliteSession, HttpConfig, Prior, Log], Harvest]
 
 
-def _fandom(sources: SourcesConfig, session: PoliteSession, http: HttpConfig, log: Callable[[str], None]
-            ) -> tuple[list[Document], dict]:
+def _fandom(sources: SourcesConfig, session: PoliteSession, http: HttpConfig, prior: Prior, log: Log) -> Harvest:
     cfg = sources.fandom
     return fandom.crawl(cfg.api_url, cfg.categories, session, batch_size=cfg.batch_size,
-                        max_pages=cfg.max_pages, license=cfg.license, log=log)
+                        max_pages=cfg.max_pages, license=cfg.license, log=log,
+                        state=prior.state if cfg.incremental else None, stored=prior.documents,
+                        max_state_age=timedelta(days=cfg.max_state_age_days))
 
 
-def _youtube(sources: SourcesConfig, session: PoliteSession, http: HttpConfig, log: Callable[[str], None]
-             ) -> tuple[list[Document], dict]:
+def _youtube(sources: SourcesConfig, session: PoliteSession, http: HttpConfig, prior: Prior, log: Log) -> Harvest:
     if not sources.youtube.videos:
         raise SourceSkipped("no videos configured (sources.youtube.videos is empty)")
-    return youtube.crawl(sources.youtube, session, log=log)
+    return *youtube.crawl(sources.youtube, session, log=log), {}
 
 
-def _reddit(sources: SourcesConfig, session: PoliteSession, http: HttpConfig, log: Callable[[str], None]
-            ) -> tuple[list[Document], dict]:
-    # praw has its own HTTP client (and rate limiter); credentials come from the environment.
-    return reddit.crawl(sources.reddit, user_agent=http.user_agent, log=log)
+def _reddit(sources: SourcesConfig, session: PoliteSession, http: HttpConfig, prior: Prior, log: Log,
+            env: Callable[[], Mapping[str, str]] = lambda: os.environ) -> Harvest:
+    """praw has its own HTTP client (and rate limiter). `env` is called here, inside the source, so
+    a credential store that cannot be read fails Reddit alone."""
+    return *reddit.crawl(sources.reddit, user_agent=http.user_agent, log=log, env=env()), {}
 
 
-def _sportskeeda(sources: SourcesConfig, session: PoliteSession, http: HttpConfig, log: Callable[[str], None]
-                 ) -> tuple[list[Document], dict]:
-    return sportskeeda.crawl(sources.sportskeeda, session, log=log)
+def _sportskeeda(sources: SourcesConfig, session: PoliteSession, http: HttpConfig, prior: Prior, log: Log
+                 ) -> Harvest:
+    return *sportskeeda.crawl(sources.sportskeeda, session, log=log), {}
 
 
 RUNNERS: dict[str, Runner] = {"fandom": _fandom, "reddit": _reddit, "youtube": _youtube, "sportskeeda": _sportskeeda}
 
 
-def collect(sources: SourcesConfig, http: HttpConfig, log: Callable[[str], None] = print,
-            previous: Callable[[], Sequence[Document]] = tuple, runners: Mapping[str, Runner] = RUNNERS,
+def collect(sources: SourcesConfig, http: HttpConfig, log: Log = print, previous: Callable[[], Stored] = Stored,
+            runners: Mapping[str, Runner] = RUNNERS, cache_dir: Path | None = None,
             ) -> tuple[list[Document], dict[str, SourceReport]]:
-    """Every enabled source's documents; a failed source's come from `previous()` instead.
+    """Every enabled source's documents; a failed source's come from the stored version instead.
 
-    `previous` is called only if a source fails (at most once), so a good night never reads the
-    stored corpus.
+    `previous` is called once; its documents are read at most once, and only if a source needs
+    them (to update them incrementally, or to carry them forward after a failure).
+    `cache_dir` keeps an HTTP cache between runs (conditional requests); None means no cache.
     """
     documents: list[Document] = []
     reports: dict[str, SourceReport] = {}
-    stored: Sequence[Document] | None = None
+    stored = previous()
+    read_stored = cache(lambda: list(stored.read()))
     for name, run in runners.items():
         section = getattr(sources, name, None)
         if section is not None and not section.enabled:
             reports[name] = SourceReport("skipped", error="disabled in config")
             continue
-        session = PoliteSession(**http.model_dump())
+        session = PoliteSession(**http.model_dump(), cache_dir=cache_dir)
+        state = dict(stored.states.get(name) or {})
+        prior = Prior(state, lambda name=name: [doc for doc in read_stored() if doc.source == name])
         try:
-            docs, stats = run(sources, session, http, log)
+            docs, stats, new_state = run(sources, session, http, prior, log)
         except SourceSkipped as exc:
             reports[name] = SourceReport("skipped", error=str(exc))
             log(f"{name}: skipped: {exc}")
             continue
         except Exception as exc:  # any failure of one source is reported, not raised
-            stored = previous() if stored is None else stored
-            kept = [doc for doc in stored if doc.source == name]
+            kept = prior.documents()
             documents += kept
             reports[name] = SourceReport("failed", len(kept), session.requests_made, session.bytes_received,
-                                         error=f"{type(exc).__name__}: {exc}", carried_forward=len(kept))
+                                         error=f"{type(exc).__name__}: {exc}", carried_forward=len(kept),
+                                         cached=session.cached_responses, state=state)
             log(f"{name}: FAILED: {exc} (keeping its {len(kept)} documents from the previous version)")
             continue
         documents += docs
         requests = max(session.requests_made, stats.get("requests", 0))  # praw counts its own
-        reports[name] = SourceReport("ok", len(docs), requests, session.bytes_received, stats=stats)
+        reports[name] = SourceReport("ok", len(docs), requests, session.bytes_received,
+                                     cached=session.cached_responses, stats=stats, state=new_state)
     attempted = [r for r in reports.values() if r.status != "skipped"]
     if attempted and all(r.status == "failed" for r in attempted):
         raise AllSourcesFailed("every source failed: " + "; ".join(

@@ -18,11 +18,15 @@ except the inline "Also read:" line, which has no markup of its own.
 
 from __future__ import annotations
 
+import gzip
 import html
+import io
 import json
 import re
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urljoin, urlsplit, urlunsplit
 from xml.etree import ElementTree
@@ -47,7 +51,14 @@ NOISE_NAME = re.compile(
     re.IGNORECASE,
 )
 ALSO_READ = re.compile(r"^\s*(?:also read|read also|read more|also check out|also see|see also)\b", re.IGNORECASE)
+CHUNK = 64 * 1024  # how much of a non-feed to look at to say what it is
 BODY_CONTAINERS = ['[itemprop="articleBody"]', "#article-content", ".article-content", ".article-body", "article"]
+# Sitemap indexes: sites split big sitemaps by section or month and some index those indexes, but no
+# honest site goes deeper; past this a loop or a trap is likelier than content.
+MAX_SITEMAP_INDEX_DEPTH = 2
+MAX_CHILD_SITEMAPS = 50  # child sitemaps fetched per configured sitemap, however deep the tree
+GZIP_MAGIC = b"\x1f\x8b"
+GUNZIP_CHUNK_BYTES = 64 * 1024
 
 
 @dataclass
@@ -66,6 +77,7 @@ class Article:
     published: str
     image: str | None
     text: str
+    marked_up: bool = True  # JSON-LD says it is an article, or the page has an article body element
 
 
 def crawl(cfg: SportskeedaSource, session: PoliteSession, log: Callable[[str], None] = print
@@ -106,7 +118,8 @@ def crawl(cfg: SportskeedaSource, session: PoliteSession, log: Callable[[str], N
 def discover(cfg: SportskeedaSource, session: PoliteSession, log: Callable[[str], None] = print) -> list[Candidate]:
     """Candidates from the feed, then each sitemap, one per canonical URL (the first listing wins:
     the feed's, which has a title and summary to judge by)."""
-    listings = [(cfg.feed_url, feed_candidates)] + [(url, sitemap_candidates) for url in cfg.sitemap_urls]
+    read_sitemap = partial(sitemap_candidates, log=log)
+    listings = [(cfg.feed_url, feed_candidates)] + [(url, read_sitemap) for url in cfg.sitemap_urls]
     found: dict[str, Candidate] = {}
     errors: list[str] = []
     for url, read in listings:
@@ -124,9 +137,15 @@ def discover(cfg: SportskeedaSource, session: PoliteSession, log: Callable[[str]
 def feed_candidates(url: str, session: PoliteSession) -> list[Candidate]:
     """The items of an RSS/Atom feed. feedparser gets bytes we fetched, so the polite session (robots,
     rate limit, retries, size cap) is the only thing that ever talks to the site."""
-    parsed = feedparser.parse(session.get_bytes(url))
+    body = session.get_bytes(url)
+    parsed = feedparser.parse(body)
     if not parsed.entries:
-        reason = f"not a feed ({parsed.bozo_exception})" if parsed.bozo else "the feed has no items"
+        page = BeautifulSoup(body[:CHUNK], "html.parser")
+        if page.find("html"):
+            title = page.title
+            reason = "expected a feed, got an HTML page" + (f" ({_clean(title.get_text())})" if title else "")
+        else:
+            reason = f"not a feed ({parsed.bozo_exception})" if parsed.bozo else "the feed has no items"
         raise SourceError(url, reason)
     return [
         Candidate(canonical_url(urljoin(url, entry.link)), entry.get("title", ""), _plain(entry.get("summary", "")))
@@ -135,24 +154,132 @@ def feed_candidates(url: str, session: PoliteSession) -> list[Candidate]:
     ]
 
 
-def sitemap_candidates(url: str, session: PoliteSession) -> list[Candidate]:
-    """The `<url>` entries of a sitemap, with the Google News `<news:title>` when there is one.
+def sitemap_candidates(url: str, session: PoliteSession, log: Callable[[str], None] = print) -> list[Candidate]:
+    """The `<url>` entries of a sitemap, with the Google News `<news:title>` when there is one; a
+    `<sitemapindex>` is followed to its child sitemaps, which may be gzip files (`.xml.gz`).
 
-    Namespaces are matched by local name: sitemaps in the wild disagree on them. (ElementTree never
-    fetches external entities, and the expat it uses refuses entity-expansion bombs.)
+    Children go through the same session (robots, rate limit, size cap), at most MAX_CHILD_SITEMAPS
+    of them and MAX_SITEMAP_INDEX_DEPTH levels of index. A failing child is logged and skipped: one
+    bad month of an archive should not hide the others. Namespaces are matched by local name:
+    sitemaps in the wild disagree on them. (ElementTree never fetches external entities, and the
+    expat it uses refuses entity-expansion bombs.)
     """
+    walk = _SitemapWalk(session, log, budget=MAX_CHILD_SITEMAPS, seen={url})
+    candidates = _sitemap_tree(url, walk, depth=0)
+    if walk.skipped:
+        log(f"sportskeeda: {url}: fetched {MAX_CHILD_SITEMAPS} child sitemaps, "
+            f"skipped {walk.skipped} more over the cap")
+    return candidates
+
+
+@dataclass
+class _SitemapWalk:
+    """What one configured sitemap's tree shares: the child budget, so a huge index costs at most
+    MAX_CHILD_SITEMAPS requests in all, and the URLs seen, so an index listing itself or a child
+    twice costs nothing more."""
+
+    session: PoliteSession
+    log: Callable[[str], None]
+    budget: int
+    seen: set[str] = field(default_factory=set)
+    skipped: int = 0
+
+
+def _sitemap_tree(url: str, walk: _SitemapWalk, depth: int) -> list[Candidate]:
+    """The candidates of the sitemap at `url`, which sits below `depth` indexes."""
+    root = _sitemap_root(url, walk.session)
+    kind = _local(root.tag)
+    if kind == "urlset":
+        return _url_entries(root, url)
+    if kind != "sitemapindex":
+        raise SourceError(url, f"not a sitemap <urlset> or <sitemapindex> but <{kind}>")
+    if depth >= MAX_SITEMAP_INDEX_DEPTH:
+        raise SourceError(url, f"sitemap index nested more than {MAX_SITEMAP_INDEX_DEPTH} levels deep; not followed")
+    return _follow_index(url, root, walk, depth)
+
+
+def _follow_index(url: str, root: ElementTree.Element, walk: _SitemapWalk, depth: int) -> list[Candidate]:
+    """The candidates of every child the budget allows. The index fails only when every child it
+    fetched failed: then it told us nothing, and `discover` must count it as a failed listing."""
+    candidates: list[Candidate] = []
+    errors: list[str] = []
+    fetched = 0
+    for child in _child_sitemaps(root, url, walk):
+        if walk.budget <= 0:
+            walk.skipped += 1
+            continue
+        walk.budget -= 1
+        fetched += 1
+        try:
+            candidates += _sitemap_tree(child, walk, depth + 1)
+        except SourceError as exc:
+            walk.log(f"sportskeeda: child sitemap skipped: {exc}")
+            errors.append(str(exc))
+    if fetched and len(errors) == fetched:
+        raise SourceError(url, "every child sitemap failed: " + "; ".join(errors))
+    return candidates
+
+
+def _child_sitemaps(root: ElementTree.Element, url: str, walk: _SitemapWalk) -> list[str]:
+    """The index's `<sitemap><loc>` URLs not seen yet and on the index's own site: the sitemaps
+    protocol only lets an index name sitemaps of its own site, and a crawler that followed any
+    host an index names could be sent anywhere (a child on another host is logged, not fetched)."""
+    children = []
+    for entry in root:
+        if _local(entry.tag) != "sitemap":
+            continue
+        loc = next((el.text or "" for el in entry if _local(el.tag) == "loc"), "").strip()
+        child = urljoin(url, loc) if loc else ""
+        if not child or child in walk.seen:
+            continue
+        walk.seen.add(child)
+        if _on_site(child, url, walk.session):
+            children.append(child)
+        else:
+            walk.log(f"sportskeeda: child sitemap skipped: {child} is not on {urlsplit(url).hostname}")
+    return children
+
+
+def _on_site(child: str, index: str, session: PoliteSession) -> bool:
+    host = (urlsplit(child).hostname or "").lower()
+    return host == (urlsplit(index).hostname or "").lower() or host in session.allowed_hosts
+
+
+def _sitemap_root(url: str, session: PoliteSession) -> ElementTree.Element:
+    body = session.get_bytes(url)
+    if body.startswith(GZIP_MAGIC):  # by content, not name or Content-Type: both lie in the wild
+        body = _gunzip_bounded(body, session.max_response_bytes, url)
     try:
-        root = ElementTree.fromstring(session.get_bytes(url))
+        return ElementTree.fromstring(body)
     except ElementTree.ParseError as exc:
         raise SourceError(url, f"not a sitemap: invalid XML ({exc})") from None
-    if _local(root.tag) != "urlset":
-        raise SourceError(url, f"not a sitemap <urlset> but <{_local(root.tag)}> (sitemap indexes are not followed)")
+
+
+def _url_entries(root: ElementTree.Element, url: str) -> list[Candidate]:
     candidates = []
     for entry in root:
         fields = {_local(el.tag): (el.text or "").strip() for el in entry.iter()}
         if fields.get("loc"):
             candidates.append(Candidate(canonical_url(urljoin(url, fields["loc"])), fields.get("title") or None))
     return candidates
+
+
+def _gunzip_bounded(data: bytes, limit: int, url: str) -> bytes:
+    """`data` decompressed, refusing to produce more than `limit` bytes.
+
+    The session caps what comes over the wire, but gzip shrinks repetitive text a thousandfold, so a
+    small download can be a gzip bomb: decompression is read in chunks and stopped at the same cap.
+    """
+    out = bytearray()
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+            while chunk := stream.read(min(GUNZIP_CHUNK_BYTES, limit + 1 - len(out))):
+                out += chunk
+                if len(out) > limit:
+                    raise SourceError(url, f"gzip sitemap decompresses to over the {limit}-byte limit")
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; EOFError: cut short
+        raise SourceError(url, f"corrupt gzip file ({type(exc).__name__}: {exc})") from None
+    return bytes(out)
 
 
 def matches(keywords: Iterable[str], *texts: str) -> bool:
@@ -163,7 +290,11 @@ def matches(keywords: Iterable[str], *texts: str) -> bool:
 
 
 def fetch_article(url: str, session: PoliteSession) -> Article:
+    """An article page, refusing pages that are not one: a maintenance or error page served with
+    200 has paragraphs too, and would otherwise be stored under the article's URL."""
     article = parse_article(session.get_bytes(url), url)
+    if not article.marked_up:
+        raise SourceError(url, f"not an article page (no article JSON-LD or body; titled {article.title!r})")
     if not article.text:
         raise SourceError(url, "no article text found on the page")
     return article
@@ -180,6 +311,7 @@ def parse_article(page: bytes | str, url: str) -> Article:
         published=str(data.get("datePublished") or "") or _fallback_published(soup),
         image=urljoin(url, image) if image else None,
         text=article_text(soup),
+        marked_up=bool(data) or any(soup.select_one(selector) for selector in BODY_CONTAINERS),
     )
 
 

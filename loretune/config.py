@@ -43,16 +43,23 @@ class FandomSource(Section):
     batch_size: int = Field(50, ge=1, le=50, description="titles per prop=revisions request (API max 50)")
     max_pages: int | None = Field(None, ge=1)
     license: str = "CC BY-SA 3.0"
+    incremental: bool = Field(True, description="after a stored crawl, fetch only pages in list=recentchanges")
+    max_state_age_days: float = Field(
+        30.0, gt=0, description="older stored crawl state means a full crawl (wikis keep ~90 days of changes)")
 
 
 class RedditSource(Section):
     """praw's own settings: `oauth_url` / `reddit_url` point it at the sample server offline.
 
     Credentials never live here: REDDIT_CLIENT_ID, REDDIT_CLIENT_SECRET and REDDIT_USER_AGENT
-    come from the environment; without them Reddit is skipped. (Prefect Secret blocks: not yet.)
+    come from the environment or, when the environment has none, from the Prefect Secret block
+    named by `credentials_block` (a JSON object: client_id, client_secret, optional user_agent).
+    Without either, Reddit is skipped.
     """
 
     enabled: bool = True
+    credentials_block: str | None = Field(
+        None, description="name of a Prefect Secret block holding {client_id, client_secret[, user_agent]}")
     oauth_url: str = "https://oauth.reddit.com"
     reddit_url: str = "https://www.reddit.com"
     subreddits: list[str] = ["Naruto"]

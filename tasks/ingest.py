@@ -8,13 +8,17 @@ stage keys on the same version and is a cache hit.
 from __future__ import annotations
 
 import dataclasses
+import os
+from functools import partial
 from pathlib import Path
+from typing import Callable, Mapping
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
+from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
 
-from loretune.config import HttpConfig, SourcesConfig
+from loretune.config import HttpConfig, SourcesConfig, state_dir
 from loretune.fingerprint import canonical, code_version, digest
 from loretune.ingest import documents, fandom, http, reddit, sources, sportskeeda, wikitext, youtube
 from loretune.store import ArtifactRef, ArtifactStore
@@ -28,9 +32,12 @@ CODE = code_version(documents, fandom, http, reddit, sources, sportskeeda, wikit
 def ingest_documents(store: str, domain: str, sources_cfg: SourcesConfig, http_cfg: HttpConfig) -> ArtifactRef:
     logger = get_run_logger()
     artifacts = ArtifactStore(store)
-    docs, reports = sources.collect(sources_cfg, http_cfg, log=logger.info,
-                                    previous=lambda: _latest_documents(artifacts))
-    summaries = {name: {k: v for k, v in dataclasses.asdict(r).items() if k != "stats"} for name, r in reports.items()}
+    runners = {**sources.RUNNERS,
+               "reddit": partial(sources.RUNNERS["reddit"], env=_reddit_env(sources_cfg.reddit.credentials_block))}
+    docs, reports = sources.collect(sources_cfg, http_cfg, log=logger.info, previous=lambda: _latest(artifacts),
+                                    runners=runners, cache_dir=state_dir() / "http-cache")
+    summaries = {name: {k: v for k, v in dataclasses.asdict(r).items() if k not in ("stats", "state")}
+                 for name, r in reports.items()}
     create_table_artifact(key=f"{domain}-sources", table=[{"source": n, **row} for n, row in summaries.items()],
                           description="what each source returned in this run")
     failed = [name for name, row in summaries.items() if row["status"] == "failed"]
@@ -59,9 +66,36 @@ def ingest_documents(store: str, domain: str, sources_cfg: SourcesConfig, http_c
     return artifacts.ref(STAGE, version)
 
 
-def _latest_documents(artifacts: ArtifactStore) -> list[documents.Document]:
-    """The newest stored corpus: what a failed source's documents are carried forward from."""
+def _reddit_env(block: str | None) -> Callable[[], Mapping[str, str]]:
+    """The environment, or, when it holds no Reddit app id and a block is named, the environment plus
+    the credentials in that Prefect Secret block. Read only when Reddit runs."""
+
+    def load() -> Mapping[str, str]:
+        if os.environ.get("REDDIT_CLIENT_ID") or not block:
+            return os.environ
+        try:
+            value = Secret.load(block).get()
+        except ValueError as exc:  # Prefect's "Unable to find block document named ..."
+            raise RuntimeError(f"Prefect Secret block {block!r} (sources.reddit.credentials_block) "
+                               f"could not be loaded: {exc}") from None
+        if not isinstance(value, dict) or not value.get("client_id") or not value.get("client_secret"):
+            raise ValueError(f"Prefect Secret block {block!r} must hold a JSON object with client_id and "
+                             "client_secret (and optionally user_agent)")
+        found = {"REDDIT_CLIENT_ID": value["client_id"], "REDDIT_CLIENT_SECRET": value["client_secret"]}
+        if value.get("user_agent"):
+            found["REDDIT_USER_AGENT"] = value["user_agent"]
+        return {**os.environ, **found}
+
+    return load
+
+
+def _latest(artifacts: ArtifactStore) -> sources.Stored:
+    """The newest stored corpus: where incremental sources resume, and what a failed source's
+    documents are carried forward from."""
     versions = artifacts.versions(STAGE)
     if not versions:
-        return []
-    return documents.read_documents(artifacts.local_path(STAGE, versions[-1]["version"]) / "documents.parquet")
+        return sources.Stored()
+    manifest = versions[-1]
+    states = {name: report.get("state") or {} for name, report in manifest.get("sources", {}).items()}
+    return sources.Stored(states, lambda: documents.read_documents(
+        artifacts.local_path(STAGE, manifest["version"]) / "documents.parquet"))

@@ -67,7 +67,7 @@ def revisions_requests(server: SampleSourcesServer) -> list[dict]:
 def snapshot_crawl():
     with SampleSourcesServer() as server:
         lines: list[str] = []
-        docs, stats = crawl(fandom_api_url(server.base_url), ["Characters", "Jutsu"], session(), log=lines.append)
+        docs, stats, _ = crawl(fandom_api_url(server.base_url), ["Characters", "Jutsu"], session(), log=lines.append)
         yield server, docs, stats, lines
 
 
@@ -118,7 +118,7 @@ def test_snapshot_documents_carry_urls_images_licence_and_infobox(snapshot_crawl
 
 def test_revisions_use_full_batches_of_50_and_never_more(synthetic_snapshot):
     with SampleSourcesServer(synthetic_snapshot) as server:
-        docs, stats = crawl(fandom_api_url(server.base_url), ["Things", "Others"], session(), log=lambda _: None)
+        docs, stats, _ = crawl(fandom_api_url(server.base_url), ["Things", "Others"], session(), log=lambda _: None)
         sent = [len(p["titles"].split("|")) for p in revisions_requests(server)]
     assert sent == stats["titles_per_revisions_request"] == [50, 15]  # 60 things + 5 awkward pages
     assert sorted(d.title for d in docs) == sorted([f"Thing {i:02d}" for i in range(1, 61)] + ["Shared"])
@@ -131,7 +131,7 @@ def test_revisions_use_full_batches_of_50_and_never_more(synthetic_snapshot):
 
 def test_smaller_batches_are_respected(synthetic_snapshot):
     with SampleSourcesServer(synthetic_snapshot) as server:
-        docs, stats = crawl(fandom_api_url(server.base_url), ["Things"], session(), batch_size=7, log=lambda _: None)
+        docs, stats, _ = crawl(fandom_api_url(server.base_url), ["Things"], session(), batch_size=7, log=lambda _: None)
         sent = [len(p["titles"].split("|")) for p in revisions_requests(server)]
     assert max(sent) == 7 and sum(sent) == 65 and sent == stats["titles_per_revisions_request"]
     # "Zed" reaches Thing 01 again from a later batch: still stored once.
@@ -140,7 +140,7 @@ def test_smaller_batches_are_respected(synthetic_snapshot):
 
 def test_max_pages_stops_listing_early(synthetic_snapshot):
     with SampleSourcesServer(synthetic_snapshot) as server:
-        docs, stats = crawl(fandom_api_url(server.base_url), ["Things"], session(), max_pages=5, log=lambda _: None)
+        docs, stats, _ = crawl(fandom_api_url(server.base_url), ["Things"], session(), max_pages=5, log=lambda _: None)
         listings = [r for r in server.requests if r["params"].get("list") == "categorymembers"]
     assert stats["titles_per_revisions_request"] == [5]
     assert len(listings) == 1  # 10 members per response is already enough for 5 pages
@@ -198,6 +198,17 @@ def test_cut_off_and_silent_responses_are_retried(server):
     assert client.requests_made == 3
 
 
+def test_retries_of_cut_bodies_and_server_errors_share_one_budget(server):
+    """A server alternating 503s and cut-off bodies must not get (max_retries + 1) squared tries."""
+    for _ in range(5):
+        server.inject("/fandom/api.php", "503", times=3)
+        server.inject("/fandom/api.php", "truncated")
+    client = session(max_retries=3)
+    with pytest.raises(SourceError, match="cut off after 4 attempts"):
+        client.get_json(fandom_api_url(server.base_url), SITEINFO)
+    assert client.requests_made == 4
+
+
 @pytest.mark.parametrize("fault, message", [("html", "HTML page"), ("badjson", "not valid JSON")])
 def test_responses_that_are_not_json_raise_source_error_with_the_url(server, fault, message):
     server.inject("/fandom/api.php", fault)
@@ -238,7 +249,7 @@ def test_maxlag_error_is_waited_out_as_the_wiki_asks(tmp_path):
         server.inject("/fandom/api.php", "maxlag", times=2)
         lines: list[str] = []
         start = time.monotonic()
-        docs, stats = crawl(fandom_api_url(server.base_url), ["Jutsu"], session(), log=lines.append)
+        docs, stats, _ = crawl(fandom_api_url(server.base_url), ["Jutsu"], session(), log=lines.append)
         assert time.monotonic() - start >= 2.0, "Retry-After: 1, twice"
         assert sum("the wiki is lagging" in line for line in lines) == 2
         assert len(docs) == 12

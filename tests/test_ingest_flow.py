@@ -58,7 +58,7 @@ def test_a_failing_source_does_not_sink_the_others_and_keeps_its_documents(inges
         "same content: nothing new published, nothing lost"
     rows = {row["source"]: row for row in latest_table("naruto-sources")}  # what this run saw
     assert rows["sportskeeda"]["status"] == "failed" and "127.0.0.1:9" in rows["sportskeeda"]["error"]
-    assert rows["sportskeeda"]["carried_forward"] == 5
+    assert rows["sportskeeda"]["carried_forward"] == 6
     assert rows["fandom"]["status"] == rows["youtube"]["status"] == rows["reddit"]["status"] == "ok"
 
 
@@ -87,3 +87,56 @@ def latest_table(key: str) -> list[dict]:
 
     data = run_coro_as_sync(fetch())[0].data
     return json.loads(data) if isinstance(data, str) else data
+
+
+def test_a_second_ingest_only_checks_and_an_edit_refetches_just_the_edited_pages(prefect_server, tmp_path,
+                                                                                 monkeypatch):
+    from loretune.flows.refresh import ingest as ingest_flow
+    from loretune.samples.server import SampleSourcesServer
+
+    monkeypatch.delenv("REDDIT_CLIENT_ID", raising=False)
+    monkeypatch.setenv("LORETUNE_HOME", str(tmp_path / "home"))  # an HTTP cache of its own
+    store = ArtifactStore(tmp_path / "store")
+    with SampleSourcesServer() as server:  # its own wiki: this test edits it
+        def run() -> str:
+            server.clear_log()
+            result = ingest_flow(overrides={"store": str(tmp_path / "store")}, sample_sources=server.base_url)
+            return result["stages"]["documents"]["version"]
+
+        first = run()
+        assert run() == first, "nothing changed: nothing published"
+        api = [r["params"] for r in server.requests if r["path"] == "/fandom/api.php"]
+        assert [p.get("meta") or p.get("list") for p in api] == ["siteinfo", "recentchanges"]
+        static = [r for r in server.requests if not r["path"].startswith(("/fandom/api.php", "/reddit"))]
+        assert static and {r["status"] for r in static} == {304}, "everything else was a bodiless check"
+
+        for title in ("Gaara", "Chidori"):
+            server.wiki.edit(title, server.wiki.pages[title].content + f"\n{title} was edited tonight.\n")
+        third = run()
+    assert third != first
+    fandom = store.manifest("documents", third)["sources"]["fandom"]
+    assert fandom["stats"]["mode"] == "incremental" and fandom["stats"]["refetched"] == ["Chidori", "Gaara"]
+    assert fandom["documents"] == 30
+
+
+def test_reddit_credentials_can_come_from_a_prefect_secret_block(ingest, tmp_path, monkeypatch, capfd):
+    from prefect.blocks.system import Secret
+
+    Secret(value={"client_id": "loretune-test", "client_secret": CANARY}).save("reddit-test-app", overwrite=True)
+    monkeypatch.delenv("REDDIT_CLIENT_ID")
+    monkeypatch.delenv("REDDIT_CLIENT_SECRET")
+    result = ingest(**{"sources.reddit.credentials_block": "reddit-test-app"})
+    store = tmp_path / "store"
+    manifest = ArtifactStore(store).manifest("documents", result["stages"]["documents"]["version"])
+    assert manifest["sources"]["reddit"]["status"] == "ok" and manifest["sources"]["reddit"]["documents"] == 4
+    written = "".join(p.read_text(errors="replace") for p in store.rglob("*") if p.is_file())
+    out, err = capfd.readouterr()
+    assert CANARY not in written + out + err
+
+
+def test_a_missing_secret_block_fails_reddit_alone_and_names_the_block(ingest, monkeypatch):
+    monkeypatch.delenv("REDDIT_CLIENT_ID")
+    ingest(**{"sources.reddit.credentials_block": "no-such-block"})
+    rows = {row["source"]: row for row in latest_table("naruto-sources")}
+    assert rows["reddit"]["status"] == "failed" and "'no-such-block'" in rows["reddit"]["error"]
+    assert rows["fandom"]["status"] == rows["youtube"]["status"] == rows["sportskeeda"]["status"] == "ok"

@@ -49,3 +49,33 @@ def test_redirect_to_another_host_is_refused_and_says_where(samples):
     with pytest.raises(SourceError, match=r"redirect to http://127\.0\.0\.2:\d+/fandom/api\.php.* refused"):
         session().get_json(f"{samples.base_url}/fandom/api.php", {"action": "query", "format": "json"})
     assert not any(r["path"] == "/fandom/api.php" and r["fault"] is None for r in samples.requests[-1:])
+
+
+def test_with_a_cache_an_unchanged_page_costs_a_bodiless_304_and_reads_the_same(samples, tmp_path):
+    url = f"{samples.base_url}/youtube/Pz4wQe8RtYk.info.json"
+    first = session(cache_dir=tmp_path / "cache", respect_robots=False)
+    body = first.get_bytes(url)
+    assert first.cached_responses == 0 and first.bytes_received == len(body)
+
+    samples.clear_log()
+    second = session(cache_dir=tmp_path / "cache", respect_robots=False)  # a later run, the same cache
+    assert second.get_bytes(url) == body
+    assert [r["status"] for r in samples.requests] == [304]
+    assert second.cached_responses == 1 and second.bytes_received == 0 and second.requests_made == 1
+
+
+def test_a_changed_page_is_downloaded_again_despite_the_cache(samples, tmp_path):
+    url = f"{samples.base_url}/fandom/images/Rasengan.png"
+    first = session(cache_dir=tmp_path / "cache")
+    first.get_bytes(url)
+    samples.clear_log()
+    session(cache_dir=tmp_path / "other-cache").get_bytes(url)  # no validator to offer: a full 200
+    assert [r["status"] for r in samples.requests if r["path"].startswith("/fandom/images/")] == [200]
+
+
+def test_api_answers_carry_no_validator_so_they_are_never_served_stale(samples, tmp_path):
+    url, params = f"{samples.base_url}/fandom/api.php", {"action": "query", "meta": "siteinfo", "format": "json"}
+    for _ in range(2):
+        client = session(cache_dir=tmp_path / "cache", respect_robots=False)
+        client.get_json(url, params)
+        assert client.cached_responses == 0

@@ -23,7 +23,7 @@ def test_when_every_source_fails_the_run_fails_with_each_reason(samples, monkeyp
                                         "reddit": {"enabled": False}, "youtube": {"enabled": False},
                                         "sportskeeda": {"enabled": False}})
     with pytest.raises(sources.AllSourcesFailed, match="fandom: RuntimeError: boom"):
-        sources.collect(cfg, HTTP, log=lambda m: None, previous=lambda: previous)
+        sources.collect(cfg, HTTP, log=lambda m: None, previous=lambda: sources.Stored(read=lambda: previous))
 
 
 def test_failed_source_documents_are_carried_forward_while_others_refresh(samples, monkeypatch):
@@ -45,7 +45,7 @@ def test_failed_source_documents_are_carried_forward_while_others_refresh(sample
     runners = {"fandom": sources.RUNNERS["fandom"], "fandom_mirror": sources.RUNNERS["fandom"]}
     reads = []
     docs, reports = sources.collect(cfg, HTTP, log=lines.append, runners=runners,
-                                    previous=lambda: reads.append(1) or previous)
+                                    previous=lambda: sources.Stored(read=lambda: reads.append(1) or previous))
     assert reports["fandom"].status == "failed" and reports["fandom"].carried_forward == 2
     assert reports["fandom_mirror"].status == "ok" and reports["fandom_mirror"].documents == 30
     assert {d.id for d in docs if d.id in {"1", "2"}} == {"1", "2"}
@@ -59,5 +59,5 @@ def test_a_good_run_never_reads_the_stored_corpus(samples):
                                         "sportskeeda": {"enabled": False}})
     def unexpected():
         raise AssertionError("read the stored corpus although no source failed")
-    docs, reports = sources.collect(cfg, HTTP, log=lambda m: None, previous=unexpected)
+    docs, reports = sources.collect(cfg, HTTP, log=lambda m: None, previous=lambda: sources.Stored(read=unexpected))
     assert reports["fandom"].status == "ok" and len(docs) == 30

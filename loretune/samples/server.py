@@ -3,7 +3,8 @@
 The machines that build and test loretune have no internet, so the scrapers run against this server
 with exactly the code they use against the real sites; only base URLs differ (`sample_overrides`).
 It serves the recorded snapshot under `snapshot/` in the shapes the real APIs use (MediaWiki's
-action API for Fandom, for now), and can inject faults (429, 503, timeouts, truncated bodies, bad
+action API for Fandom, including `list=recentchanges` after `Wiki.edit` / `Wiki.delete`), answers
+static files with an ETag and a 304 to a matching If-None-Match, and can inject faults (429, 503, timeouts, truncated bodies, bad
 JSON, HTML error pages) so reliability is tested without waiting for the internet to misbehave.
 
 The MediaWiki emulation deliberately parses the snapshot with a few regular expressions rather
@@ -26,6 +27,7 @@ import struct
 import threading
 import traceback
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -50,8 +52,12 @@ ILLEGAL_TITLE = re.compile(r"[\[\]{}<>|#]")
 KNOWN_PARAMS = {
     "action", "format", "formatversion", "maxlag", "continue", "utf8", "origin", "list", "prop",
     "meta", "titles", "redirects", "cmtitle", "cmlimit", "cmtype", "cmcontinue", "rvprop", "rvslots",
-    "iiprop", "siprop",
+    "iiprop", "siprop", "clcategories", "cllimit", "rcstart", "rcend", "rcdir", "rcnamespace", "rcprop",
+    "rctype", "rclimit", "rccontinue",
 }
+RC_LIMIT = 50  # recent changes per response whatever rclimit asks, so continuation gets exercised
+# Paths whose answers are computed per request, as the real APIs' are: no ETag, never a 304.
+DYNAMIC_PATHS = ("/fandom/api.php", "/reddit")
 
 
 def fandom_api_url(base: str) -> str:
@@ -149,7 +155,7 @@ class SampleSourcesServer:
 
     @property
     def requests(self) -> list[dict[str, Any]]:
-        """Requests served so far: method, path, params, status (None if hung up), fault."""
+        """Requests served so far: method, path, params, status (None if hung up), fault, body bytes."""
         with self._lock:
             return list(self._log)
 
@@ -178,10 +184,11 @@ class SampleSourcesServer:
                     return entry[1]
         return None
 
-    def _record(self, path: str, params: dict[str, str], status: int | None, fault: str | None) -> None:
+    def _record(self, path: str, params: dict[str, str], status: int | None, fault: str | None,
+                size: int = 0) -> None:
         with self._lock:
             self._log.append(
-                {"method": "GET", "path": path, "params": params, "status": status, "fault": fault}
+                {"method": "GET", "path": path, "params": params, "status": status, "fault": fault, "bytes": size}
             )
 
 
@@ -221,7 +228,9 @@ class _Handler(BaseHTTPRequestHandler):
             reply = _html_reply(500, "Internal Server Error", f"{type(exc).__name__}: {exc}")
         if fault == "badjson":  # well delivered, but not JSON
             reply = Reply(200, reply.body[: max(1, len(reply.body) // 2)], "application/json; charset=utf-8", {})
-        app._record(url.path, params, reply.status, fault)
+        elif reply.status == 200 and not url.path.startswith(DYNAMIC_PATHS):
+            reply = _conditional(reply, self.headers.get("If-None-Match"))
+        app._record(url.path, params, reply.status, fault, len(reply.body))
         self._send(reply, truncate=fault == "truncated")
 
     def do_POST(self) -> None:  # noqa: N802
@@ -280,6 +289,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
+def _conditional(reply: Reply, if_none_match: str | None) -> Reply:
+    """A static file's reply with an ETag (a hash of the body, as a CDN would give), or a bodiless
+    304 when the client already holds that version."""
+    etag = reply.headers.get("ETag") or f'"{hashlib.sha1(reply.body).hexdigest()[:20]}"'
+    if if_none_match and etag in [tag.strip() for tag in if_none_match.split(",")]:
+        return Reply(304, b"", reply.content_type, {"ETag": etag})
+    return Reply(reply.status, reply.body, reply.content_type, {**reply.headers, "ETag": etag})
+
+
 def _json_reply(data: dict[str, Any], headers: dict[str, str] | None = None) -> Reply:
     body = json.dumps(data, ensure_ascii=False).encode("utf-8")
     return Reply(200, body, "application/json; charset=utf-8", headers or {})
@@ -306,6 +324,21 @@ class Page:
     content: str
     categories: list[str]
     redirect: str | None
+    timestamp: str = TIMESTAMP
+
+
+@dataclass
+class Change:
+    """One row of the wiki's recentchanges table."""
+
+    rcid: int
+    type: str  # edit | new | log
+    title: str
+    pageid: int
+    revid: int
+    old_revid: int
+    timestamp: str
+    logtype: str | None = None
 
 
 @dataclass
@@ -335,16 +368,11 @@ class Wiki:
         paths = {normalize_title(path.stem): path for path in pages_dir.glob("*.wiki")}
         self.pages: dict[str, Page] = {}
         for pageid, title in enumerate(sorted(paths), start=1):  # sorted titles -> stable ids
-            content = paths[title].read_text(encoding="utf-8")
-            redirect = REDIRECT.match(content)
-            self.pages[title] = Page(
-                title=title,
-                pageid=pageid,
-                revid=1000 + pageid,
-                content=content,
-                categories=[normalize_title(c) for c in CATEGORY_LINK.findall(content)],
-                redirect=normalize_title(redirect.group(1)) if redirect else None,
-            )
+            self.pages[title] = _page(title, pageid, 1000 + pageid, paths[title].read_text(encoding="utf-8"))
+        # The snapshot's own revisions are older than the wiki keeps recent changes for; only edits
+        # made on this server (`edit`, `delete`) appear in list=recentchanges.
+        self.changes: list[Change] = []
+        self._edit_lock = threading.Lock()
         self.files: dict[str, File] = {}
         for path in sorted(images_dir.glob("*")) if images_dir.is_dir() else []:
             data = path.read_bytes()
@@ -359,6 +387,38 @@ class Wiki:
             if siteinfo.is_file()
             else DEFAULT_SITENAME
         )
+
+    # - editing, as a wiki's users would -
+
+    def edit(self, title: str, content: str, timestamp: str | None = None) -> Page:
+        """Save a new revision of `title` (creating the page if needed), logged in recentchanges."""
+        title = normalize_title(title)
+        with self._edit_lock:
+            when = timestamp or _now()
+            old = self.pages.get(title)
+            revid = self._next_revid()
+            pageid = old.pageid if old else max((p.pageid for p in self.pages.values()), default=0) + 1
+            page = _page(title, pageid, revid, content, when)
+            self.pages[title] = page
+            self._log_change("edit" if old else "new", page, old.revid if old else 0, when)
+            return page
+
+    def delete(self, title: str, timestamp: str | None = None) -> None:
+        """Delete `title`: it becomes missing, and recentchanges gets a delete log entry."""
+        title = normalize_title(title)
+        with self._edit_lock:
+            page = self.pages.pop(title, None)
+            if page is None:
+                raise KeyError(f"no page {title!r} to delete")
+            self._log_change("log", page, page.revid, timestamp or _now(), logtype="delete", revid=0)
+
+    def _next_revid(self) -> int:
+        return max([p.revid for p in self.pages.values()] + [c.revid for c in self.changes], default=1000) + 1
+
+    def _log_change(self, kind: str, page: Page, old_revid: int, when: str, logtype: str | None = None,
+                    revid: int | None = None) -> None:
+        self.changes.append(Change(len(self.changes) + 1, kind, page.title, page.pageid,
+                                   page.revid if revid is None else revid, old_revid, when, logtype))
 
     # - endpoints -
 
@@ -419,14 +479,19 @@ class Wiki:
 
         data: dict[str, Any] = {"batchcomplete": True}
         query: dict[str, Any] = {}
-        lists = _values(params, "list", {"categorymembers"})
-        props = _values(params, "prop", {"revisions", "imageinfo"})
+        lists = _values(params, "list", {"categorymembers", "recentchanges"})
+        props = _values(params, "prop", {"revisions", "imageinfo", "categories"})
         metas = _values(params, "meta", {"siteinfo"})
         if "categorymembers" in lists:
             members, cont = self._categorymembers(params)
             query["categorymembers"] = members
             if cont:
                 data["continue"] = {"cmcontinue": cont, "continue": "-||"}
+        if "recentchanges" in lists:
+            changes, cont = self._recentchanges(params)
+            query["recentchanges"] = changes
+            if cont:
+                data["continue"] = {"rccontinue": cont, "continue": "-||"}
         if "siteinfo" in metas:
             query["general"] = self._siteinfo(base)
         if "titles" in params:
@@ -471,6 +536,35 @@ class Wiki:
         cont = f"page|{rest[0][0]}|{rest[0][1]}" if rest else None
         return [{"pageid": pid, "ns": 0, "title": title} for _, pid, title in chunk], cont
 
+    def _recentchanges(self, params: dict[str, str]) -> tuple[list[dict[str, Any]], str | None]:
+        """Changes between rcstart and rcend, newest first unless rcdir=newer, as MediaWiki lists them.
+
+        With rcdir=older (the default) rcstart is the newer bound; with rcdir=newer it is the older.
+        """
+        newer = params.get("rcdir", "older") == "newer"
+        start, end = (_mw_time(params[k]) if k in params else None for k in ("rcstart", "rcend"))
+        low, high = (start, end) if newer else (end, start)
+        namespaces = {int(n) for n in _multi(params.get("rcnamespace", ""))}
+        types = set(_multi(params.get("rctype", "edit|new|log|categorize")))
+        rcprop = set(_multi(params.get("rcprop", "title|timestamp|ids")))
+        with self._edit_lock:
+            rows = [c for c in self.changes if c.type in types
+                    and (low is None or c.timestamp >= low) and (high is None or c.timestamp <= high)
+                    and (not namespaces or 0 in namespaces)]
+        rows.sort(key=lambda c: (c.timestamp, c.rcid), reverse=not newer)
+        if "rccontinue" in params:
+            when, _, rcid = params["rccontinue"].partition("|")
+            if not rcid.isdigit():
+                raise ApiError("badcontinue", "Invalid continue param. You should pass the original value "
+                                              "returned by the previous query.")
+            resume = (_mw_time(when), int(rcid))
+            rows = [c for c in rows if ((c.timestamp, c.rcid) >= resume if newer else (c.timestamp, c.rcid) <= resume)]
+        limit = min(int(params.get("rclimit", "10")) if params.get("rclimit", "").isdigit() else RC_LIMIT, RC_LIMIT)
+        chunk, rest = rows[:limit], rows[limit:]
+        cont = f"{rest[0].timestamp.replace('-', '').replace(':', '').replace('T', '').rstrip('Z')}|{rest[0].rcid}" \
+            if rest else None
+        return [_rc_row(c, rcprop) for c in chunk], cont
+
     def _siteinfo(self, base: str) -> dict[str, Any]:
         return {
             "mainpage": "Main Page",
@@ -482,6 +576,7 @@ class Wiki:
             "servername": urlsplit(base).hostname,
             "scriptpath": "/fandom",
             "articlepath": "/fandom/wiki/$1",
+            "time": _now(),
         }
 
     def _pages(
@@ -530,6 +625,12 @@ class Wiki:
             entry = {"pageid": page.pageid, **entry}
             if "revisions" in props:
                 entry["revisions"] = [self._revision(page, params, warnings)]
+            if "categories" in props:
+                wanted = {normalize_title(c) for c in _multi(params.get("clcategories", ""))}
+                listed = [f"Category:{c}" for c in page.categories]
+                listed = [c for c in listed if not wanted or c in wanted]
+                if listed:  # formatversion=2 leaves the key out when there are none
+                    entry["categories"] = [{"ns": 14, "title": c} for c in sorted(listed)]
         elif file is None or namespace != 6:
             entry["missing"] = True
         if "imageinfo" in props and namespace == 6:
@@ -544,7 +645,7 @@ class Wiki:
         if "ids" in rvprop:
             revision.update(revid=page.revid, parentid=0)
         if "timestamp" in rvprop:
-            revision["timestamp"] = TIMESTAMP
+            revision["timestamp"] = page.timestamp
         if "content" in rvprop:
             content = {"contentmodel": "wikitext", "contentformat": "text/x-wiki", "content": page.content}
             if "rvslots" in params:
@@ -572,6 +673,38 @@ class Wiki:
         if "sha1" in iiprop:
             info["sha1"] = file.sha1
         return info
+
+
+def _page(title: str, pageid: int, revid: int, content: str, timestamp: str = TIMESTAMP) -> Page:
+    redirect = REDIRECT.match(content)
+    return Page(title=title, pageid=pageid, revid=revid, content=content,
+                categories=[normalize_title(c) for c in CATEGORY_LINK.findall(content)],
+                redirect=normalize_title(redirect.group(1)) if redirect else None, timestamp=timestamp)
+
+
+def _rc_row(change: Change, rcprop: set[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {"type": change.type, "ns": 0}
+    if "title" in rcprop:
+        row["title"] = change.title
+    if "ids" in rcprop:
+        row.update(pageid=change.pageid, revid=change.revid, old_revid=change.old_revid, rcid=change.rcid)
+    if "timestamp" in rcprop:
+        row["timestamp"] = change.timestamp
+    if "loginfo" in rcprop and change.logtype:
+        row.update(logtype=change.logtype, logaction=change.logtype, logparams=[])
+    return row
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _mw_time(value: str) -> str:
+    """A MediaWiki timestamp (ISO 8601 or the 14-digit TS_MW form) as ISO 8601 UTC, to compare."""
+    digits = re.sub(r"\D", "", value)
+    if len(digits) != 14:
+        raise ApiError("badtimestamp", f'Invalid value "{value}" for timestamp parameter.')
+    return f"{digits[:4]}-{digits[4:6]}-{digits[6:8]}T{digits[8:10]}:{digits[10:12]}:{digits[12:14]}Z"
 
 
 def _is_loopback(host: str) -> bool:
