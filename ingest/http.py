@@ -169,6 +169,8 @@ class PoliteSession:
             full_url = requests.Request("GET", url, params=params).prepare().url or url
         except requests.RequestException as exc:
             raise SourceError(url, _describe(exc, url)) from None
+        if self.respect_robots:  # fetched once per origin: on the wire, but not one of this GET's attempts
+            self._robots_for(f"{parts.scheme}://{parts.netloc}")
         before = self.requests_made
         while True:
             try:

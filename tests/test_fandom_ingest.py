@@ -198,15 +198,18 @@ def test_cut_off_and_silent_responses_are_retried(server):
     assert client.requests_made == 3
 
 
-def test_retries_of_cut_bodies_and_server_errors_share_one_budget(server):
-    """A server alternating 503s and cut-off bodies must not get (max_retries + 1) squared tries."""
+@pytest.mark.parametrize("robots", [False, True])
+def test_retries_of_cut_bodies_and_server_errors_share_one_budget(server, robots):
+    """A server alternating 503s and cut-off bodies must not get (max_retries + 1) squared tries;
+    fetching robots.txt on the way is not one of them."""
     for _ in range(5):
         server.inject("/fandom/api.php", "503", times=3)
         server.inject("/fandom/api.php", "truncated")
-    client = session(max_retries=3)
+    client = session(max_retries=3, respect_robots=robots)
     with pytest.raises(SourceError, match="cut off after 4 attempts"):
         client.get_json(fandom_api_url(server.base_url), SITEINFO)
-    assert client.requests_made == 4
+    assert sum(r["path"] == "/fandom/api.php" for r in server.requests) == 4
+    assert client.requests_made == 4 + robots
 
 
 @pytest.mark.parametrize("fault, message", [("html", "HTML page"), ("badjson", "not valid JSON")])
