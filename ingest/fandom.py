@@ -16,6 +16,7 @@ stored documents would then not be what a full crawl gives.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -42,12 +43,14 @@ class Scope:
     api_url: str
     categories: tuple[str, ...]
     max_pages: int | None = None
+    license: str = ""
 
     def key(self) -> str:
-        # The parser's code is part of it: a better parser must re-read every page, not just new edits.
-        code = code_version(wikitext, documents_module)
+        # The code that turns pages into documents is part of it: a better parser must re-read
+        # every page, not just the ones edited since.
+        code = code_version(sys.modules[__name__], wikitext, documents_module)
         return digest({"api_url": self.api_url, "categories": sorted(_category_name(c) for c in self.categories),
-                       "max_pages": self.max_pages, "code": code})
+                       "max_pages": self.max_pages, "license": self.license, "code": code})
 
 
 def crawl(
@@ -74,7 +77,7 @@ def crawl(
         raise ValueError(f"batch_size {batch_size}: the API takes 1 to {API_TITLES_LIMIT} titles a request")
     api = _Api(api_url, session, log)
     site = api.site_info()
-    scope = Scope(api_url, tuple(categories), max_pages)
+    scope = Scope(api_url, tuple(categories), max_pages, license)
     new_state = {"scope": scope.key(), "since": _iso(_parse_time(site["time"]) - RC_OVERLAP)}
     reason = _why_full_crawl(state, scope, site["time"], max_state_age)
     if reason is None:
@@ -153,7 +156,7 @@ def _why_full_crawl(state: dict[str, Any] | None, scope: Scope, now: str, max_ag
     if not state or "since" not in state:
         return "no stored crawl state"
     if state.get("scope") != scope.key():
-        return "the wiki, categories, page cap or parser changed since the stored crawl"
+        return "the wiki, categories, page cap, license or parser changed since the stored crawl"
     age = _parse_time(now) - _parse_time(state["since"])
     if age > max_age:
         return f"the stored crawl is {age.days} days old, more than {max_age.days}"

@@ -109,7 +109,7 @@ def test_many_changes_follow_recentchanges_continuation(wiki):
 
 @pytest.mark.parametrize("change, reason", [
     (lambda previous: (previous[0], previous[1], None), "no stored crawl state"),
-    (lambda previous: (previous[0], previous[1], {**previous[2], "scope": "other"}), "categories, page cap or parser changed"),
+    (lambda previous: (previous[0], previous[1], {**previous[2], "scope": "other"}), "categories, page cap, license or parser changed"),
     (lambda previous: (previous[0], previous[1], {**previous[2], "since": (datetime.now(timezone.utc) - timedelta(days=40))
                                                   .strftime("%Y-%m-%dT%H:%M:%SZ")}), "40 days old, more than 30"),
 ])
@@ -119,6 +119,12 @@ def test_full_crawl_when_the_state_is_missing_stale_or_for_another_scope(wiki, c
     assert stats["mode"] == "full" and len(docs) == 30
     assert not any(what(r) == "recentchanges" for r in api)
     assert any(f"full crawl" in line and reason in line for line in lines), lines
+
+
+def test_a_new_license_setting_is_a_full_crawl_so_no_document_keeps_the_old_one(wiki):
+    first = run(wiki)
+    docs, stats, _, _, _ = run(wiki, first, license="CC BY-SA 4.0")
+    assert stats["mode"] == "full" and {d.license for d in docs} == {"CC BY-SA 4.0"}
 
 
 def test_another_category_list_is_a_full_crawl_not_an_update(wiki):
