@@ -183,3 +183,17 @@ def test_command_line_prints_the_url_and_stops_on_sigterm():
         assert process.wait(timeout=10) == 0
     finally:
         process.kill()
+
+
+def test_recentchanges_lists_edits_in_either_direction_within_the_bounds(server):
+    server.wiki.edit("Gaara", "Edited.\n[[Category:Characters]]\n", timestamp="2026-03-01T00:00:00Z")
+    server.wiki.edit("Chidori", "Edited.\n[[Category:Jutsu]]\n", timestamp="2026-03-02T00:00:00Z")
+    server.wiki.delete("Rasengan", timestamp="2026-03-03T00:00:00Z")
+    base = {"list": "recentchanges", "rcprop": "title|ids|timestamp|loginfo", "formatversion": 2}
+    newer = api(server, **base, rcdir="newer", rcstart="20260301000001").json()["query"]["recentchanges"]
+    assert [(c["title"], c["type"]) for c in newer] == [("Chidori", "edit"), ("Rasengan", "log")]
+    assert newer[1]["logtype"] == "delete"
+    older = api(server, **base).json()["query"]["recentchanges"]  # rcdir=older: newest first
+    assert [c["title"] for c in older] == ["Rasengan", "Chidori", "Gaara"]
+    bad = api(server, **base, rccontinue="not-a-continue").json()
+    assert bad["error"]["code"] == "badcontinue"

@@ -559,10 +559,10 @@ class Wiki:
                                               "returned by the previous query.")
             resume = (_mw_time(when), int(rcid))
             rows = [c for c in rows if ((c.timestamp, c.rcid) >= resume if newer else (c.timestamp, c.rcid) <= resume)]
-        limit = min(int(params.get("rclimit", "10")) if params.get("rclimit", "").isdigit() else RC_LIMIT, RC_LIMIT)
+        asked = params.get("rclimit", "10")
+        limit = min(int(asked), RC_LIMIT) if asked.isdigit() else RC_LIMIT  # "max" included
         chunk, rest = rows[:limit], rows[limit:]
-        cont = f"{rest[0].timestamp.replace('-', '').replace(':', '').replace('T', '').rstrip('Z')}|{rest[0].rcid}" \
-            if rest else None
+        cont = f"{_ts_mw(rest[0].timestamp)}|{rest[0].rcid}" if rest else None
         return [_rc_row(c, rcprop) for c in chunk], cont
 
     def _siteinfo(self, base: str) -> dict[str, Any]:
@@ -697,6 +697,11 @@ def _rc_row(change: Change, rcprop: set[str]) -> dict[str, Any]:
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _ts_mw(iso: str) -> str:
+    """ISO 8601 as MediaWiki's 14-digit TS_MW, the form its continue values use."""
+    return re.sub(r"\D", "", iso)
 
 
 def _mw_time(value: str) -> str:
