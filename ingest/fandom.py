@@ -10,7 +10,7 @@ crawl says which titles were edited, created, moved or deleted; only those are l
 categories first, without content, since most wiki edits are outside the configured categories),
 and only those still in scope are re-fetched. Every other page is the stored document, unchanged.
 A full crawl happens when there is no stored state, when the state is older than the wiki keeps
-changes for, or when the crawl's scope (URL, categories, page cap, parser code) changed, since the
+changes for, or when the crawl's scope (URL, categories, page cap, license, code) changed, since the
 stored documents would then not be what a full crawl gives.
 """
 
@@ -77,20 +77,20 @@ def crawl(
         raise ValueError(f"batch_size {batch_size}: the API takes 1 to {API_TITLES_LIMIT} titles a request")
     api = _Api(api_url, session, log)
     site = api.site_info()
-    scope = Scope(api_url, tuple(categories), max_pages, license)
-    new_state = {"scope": scope.key(), "since": _iso(_parse_time(site["time"]) - RC_OVERLAP)}
+    scope = Scope(api_url, tuple(categories), max_pages, license).key()  # hashes code: once a crawl
+    new_state = {"scope": scope, "since": _iso(_parse_time(site["time"]) - RC_OVERLAP)}
     reason = _why_full_crawl(state, scope, site["time"], max_state_age)
     if reason is None:
-        docs, stats = _update(api, site, scope, state["since"], list(stored()), batch_size, license, log)
+        docs, stats = _update(api, site, categories, max_pages, state["since"], list(stored()), batch_size,
+                              license, log)
     else:
         log(f"fandom: full crawl ({reason})")
-        docs, stats = _crawl_all(api, site, scope, batch_size, license, log)
+        docs, stats = _crawl_all(api, site, categories, max_pages, batch_size, license, log)
     return docs, stats, new_state
 
 
-def _crawl_all(api: _Api, site: dict[str, Any], scope: Scope, batch_size: int, license: str,
-               log: Callable[[str], None]) -> tuple[list[Document], dict]:
-    max_pages, categories = scope.max_pages, scope.categories
+def _crawl_all(api: _Api, site: dict[str, Any], categories: Sequence[str], max_pages: int | None,
+               batch_size: int, license: str, log: Callable[[str], None]) -> tuple[list[Document], dict]:
     wanted: dict[str, None] = {}  # insertion-ordered set: a page in two categories is fetched once
     for category in categories:
         members = api.category_members(category, limit=_room(max_pages, wanted))
@@ -119,8 +119,9 @@ def _crawl_all(api: _Api, site: dict[str, Any], scope: Scope, batch_size: int, l
     return documents, stats
 
 
-def _update(api: _Api, site: dict[str, Any], scope: Scope, since: str, stored: list[Document],
-            batch_size: int, license: str, log: Callable[[str], None]) -> tuple[list[Document], dict]:
+def _update(api: _Api, site: dict[str, Any], categories: Sequence[str], max_pages: int | None, since: str,
+            stored: list[Document], batch_size: int, license: str, log: Callable[[str], None]
+            ) -> tuple[list[Document], dict]:
     """The stored documents, with the pages changed since `since` re-fetched, added or removed."""
     stored = [doc for doc in stored if doc.source == "fandom"]
     touched = set(api.recent_changes(since))
@@ -129,7 +130,7 @@ def _update(api: _Api, site: dict[str, Any], scope: Scope, since: str, stored: l
         log(f"fandom: no changes since {since}; keeping the {len(stored)} stored pages")
         return stored, {**stats, "requests": api.requests, "pages": len(stored), "refetched": []}
 
-    in_scope = api.titles_in_categories(sorted(touched), scope.categories)
+    in_scope = api.titles_in_categories(sorted(touched), categories)
     by_title = {doc.title: doc for doc in stored}
     pages, skipped = _fetch_pages(api, in_scope, batch_size, log) if in_scope else ([], {})
     files = list(dict.fromkeys(name for page in pages for name in page["parsed"].files))
@@ -142,8 +143,8 @@ def _update(api: _Api, site: dict[str, Any], scope: Scope, since: str, stored: l
     gone = [t for t in sorted(touched) if t in by_title and by_title[t].id not in replaced_ids]
     kept = [doc for doc in stored if doc.title not in touched and doc.id not in replaced_ids]
     documents = kept + fresh
-    if scope.max_pages is not None and len(documents) > scope.max_pages:
-        documents = kept[: scope.max_pages] + fresh[: max(0, scope.max_pages - len(kept))]
+    if max_pages is not None and len(documents) > max_pages:
+        documents = kept[:max_pages] + fresh[: max(0, max_pages - len(kept))]
     log(f"fandom: {len(touched)} titles changed since {since}; re-fetched {len(fresh)}, "
         f"removed {len(gone)}, kept {len(kept)} stored pages")
     return documents, {**stats, "requests": api.requests, "pages": len(documents),
@@ -151,11 +152,11 @@ def _update(api: _Api, site: dict[str, Any], scope: Scope, since: str, stored: l
                        "warnings": api.warnings}
 
 
-def _why_full_crawl(state: dict[str, Any] | None, scope: Scope, now: str, max_age: timedelta) -> str | None:
-    """Why this run cannot be incremental, or None if it can."""
+def _why_full_crawl(state: dict[str, Any] | None, scope: str, now: str, max_age: timedelta) -> str | None:
+    """Why this run cannot be incremental (`scope`: this crawl's `Scope.key()`), or None if it can."""
     if not state or "since" not in state:
         return "no stored crawl state"
-    if state.get("scope") != scope.key():
+    if state.get("scope") != scope:
         return "the wiki, categories, page cap, license or parser changed since the stored crawl"
     age = _parse_time(now) - _parse_time(state["since"])
     if age > max_age:
