@@ -64,13 +64,23 @@ def test_with_a_cache_an_unchanged_page_costs_a_bodiless_304_and_reads_the_same(
     assert second.cached_responses == 1 and second.bytes_received == 0 and second.requests_made == 1
 
 
-def test_a_changed_page_is_downloaded_again_despite_the_cache(samples, tmp_path):
-    url = f"{samples.base_url}/fandom/images/Rasengan.png"
-    first = session(cache_dir=tmp_path / "cache")
-    first.get_bytes(url)
-    samples.clear_log()
-    session(cache_dir=tmp_path / "other-cache").get_bytes(url)  # no validator to offer: a full 200
-    assert [r["status"] for r in samples.requests if r["path"].startswith("/fandom/images/")] == [200]
+def test_a_changed_page_is_downloaded_again_despite_the_cache(tmp_path):
+    import shutil
+
+    from loretune.samples.server import SNAPSHOT_DIR, SampleSourcesServer
+
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(SNAPSHOT_DIR / "youtube", snapshot / "youtube")
+    shutil.copytree(SNAPSHOT_DIR / "fandom", snapshot / "fandom")
+    info = snapshot / "youtube" / "Pz4wQe8RtYk.info.json"
+    with SampleSourcesServer(snapshot_dir=snapshot) as server:
+        url = f"{server.base_url}/youtube/Pz4wQe8RtYk.info.json"
+        before = session(cache_dir=tmp_path / "cache", respect_robots=False).get_bytes(url)
+        info.write_text(info.read_text().replace("Every Hokage", "Each Hokage"))
+        after = session(cache_dir=tmp_path / "cache", respect_robots=False).get_bytes(url)
+        statuses = [r["status"] for r in server.requests]
+    assert b"Every Hokage" in before and b"Each Hokage" in after
+    assert statuses == [200, 200], "the stale validator was offered, refused, and the new body read"
 
 
 def test_api_answers_carry_no_validator_so_they_are_never_served_stale(samples, tmp_path):
