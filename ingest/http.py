@@ -191,6 +191,13 @@ class PoliteSession:
             finally:
                 response.close()
 
+    def may_follow(self, target: str, origin_host: str) -> bool:
+        """Whether a link found on `origin_host` (a redirect, a sitemap index entry) may be fetched:
+        http(s), and the same host or one of `allowed_hosts`."""
+        parts = urlsplit(target)
+        host = (parts.hostname or "").lower()
+        return parts.scheme in ("http", "https") and (host == origin_host.lower() or host in self.allowed_hosts)
+
     def _follow(self, url: str, accept: str) -> requests.Response:
         """GET, following redirects by hand so each hop is checked: same host (or allowed), robots."""
         origin_host = (urlsplit(url).hostname or "").lower()
@@ -203,9 +210,7 @@ class PoliteSession:
                 return response
             response.close()
             target = urljoin(url, location)
-            parts = urlsplit(target)
-            host = (parts.hostname or "").lower()
-            if parts.scheme not in ("http", "https") or (host != origin_host and host not in self.allowed_hosts):
+            if not self.may_follow(target, origin_host):
                 raise SourceError(url, f"redirect to {safe_url(target)} refused: not {origin_host} or an allowed host")
             url = target
         raise SourceError(url, f"more than {self.max_redirects} redirects")

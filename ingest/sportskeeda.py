@@ -233,16 +233,11 @@ def _child_sitemaps(root: ElementTree.Element, url: str, walk: _SitemapWalk) -> 
         if not child or child in walk.seen:
             continue
         walk.seen.add(child)
-        if _on_site(child, url, walk.session):
+        if walk.session.may_follow(child, urlsplit(url).hostname or ""):
             children.append(child)
         else:
             walk.log(f"sportskeeda: child sitemap skipped: {child} is not on {urlsplit(url).hostname}")
     return children
-
-
-def _on_site(child: str, index: str, session: PoliteSession) -> bool:
-    host = (urlsplit(child).hostname or "").lower()
-    return host == (urlsplit(index).hostname or "").lower() or host in session.allowed_hosts
 
 
 def _sitemap_root(url: str, session: PoliteSession) -> ElementTree.Element:
