@@ -15,6 +15,7 @@ from typing import Any, Iterator, Optional
 import typer
 
 from loretune.config import ConfigError, load_config, parse_overrides, state_dir
+from loretune.training.evalsets import EvalSetError
 
 # Before Prefect is imported: keep its database in the project's state folder, not the home
 # directory, and give its temporary local server time to start on a busy 2-core machine.
@@ -68,9 +69,13 @@ def _fail(message: str) -> None:
 
 def _run_flow(flow_name: str, config: str, store: str | None, sets: list[str], offline: bool, samples: str | None) -> dict:
     overrides = _overrides(store, sets)
-    try:  # validate before Prefect starts, so a bad config is one clear line
-        load_config(config, overrides)
-    except ConfigError as exc:
+    try:  # validate before Prefect starts, so a bad config or evaluation set is one clear line
+        cfg = load_config(config, overrides)
+        if flow_name == "finetune":
+            from loretune.flows.stages import resolve_user_sets
+
+            resolve_user_sets(config, cfg)
+    except (ConfigError, EvalSetError) as exc:
         _fail(str(exc))
     if flow_name == "finetune":
         from loretune.flows.finetune import finetune as flow
@@ -87,7 +92,7 @@ def run(config: str = CONFIG, store: Optional[str] = STORE, set: list[str] = SET
     result = _run_flow("finetune", config, store, set, offline, sample_sources)
     _print_stages(result)
     typer.echo("")
-    _print_table(result["evaluation"])
+    _print_evaluation(result["evaluation"], result["baselines"], result["promotion"])
 
 
 @app.command()
@@ -119,7 +124,7 @@ def report(flow_run: str = typer.Option(..., "--flow-run", help="flow run id")) 
     """The stage versions and per-checkpoint evaluation table of a finetune flow run."""
     from loretune.flows.stages import read_ledger
     from loretune.store import ArtifactRef
-    from loretune.tasks.evaluation import read_table
+    from loretune.tasks.evaluation import read_baselines, read_promotion, read_table
 
     ledger = read_ledger(flow_run)
     stages = {row["stage"]: row for row in ledger}
@@ -128,7 +133,8 @@ def report(flow_run: str = typer.Option(..., "--flow-run", help="flow run id")) 
     store = stages["evaluation"]["store"]
     _print_stages({"store": store, "stages": stages})
     typer.echo("")
-    _print_table(read_table(ArtifactRef(store, "evaluation", stages["evaluation"]["version"])))
+    ref = ArtifactRef(store, "evaluation", stages["evaluation"]["version"])
+    _print_evaluation(read_table(ref), read_baselines(ref), read_promotion(ref))
 
 
 def _print_stages(result: dict) -> None:
@@ -136,9 +142,27 @@ def _print_stages(result: dict) -> None:
     _print_rows(["stage", "version", "state"], [(s, v["version"], v["state"]) for s, v in result["stages"].items()])
 
 
-def _print_table(table: list[dict]) -> None:
-    columns = ["step", "checkpoint", "accuracy", "accuracy_norm", "accuracy_fact", "accuracy_image", "eval_loss"]
-    _print_rows(columns, [tuple(_cell(row.get(c)) for c in columns) for row in table])
+def _print_evaluation(table: list[dict], baselines: dict, promotion: dict) -> None:
+    """Per set: what no knowledge scores, then every checkpoint ± its standard error; the gate last."""
+    for name in dict.fromkeys(r["set"] for r in table):
+        rows = [r for r in table if r["set"] == name]
+        shown = ", ".join(f"{k} {_pm(v['value'], v['stderr'])}" for k, v in baselines.get(name, {}).items())
+        typer.echo(f"set {name} (n={rows[0]['n']}, dropped {rows[0]['dropped']}); no-knowledge baselines: {shown}")
+        header = ["step", "checkpoint", "acc", "acc_norm", "vs step 0 (95% CI)", "mcnemar_p", "eval_loss"]
+        _print_rows(header, [(r["step"], r["checkpoint"], _pm(r["acc"], r["acc_stderr"]),
+                              _pm(r["acc_norm"], r["acc_norm_stderr"]), _delta(r) if r["step"] else "-",
+                              _cell(r["mcnemar_p"]) if r["step"] else "-", _cell(r.get("eval_loss"))) for r in rows])
+        typer.echo("")
+    typer.echo(f"promoted: {promotion['promoted']}" if promotion["promoted"] else "promoted: none")
+    typer.echo(f"  {promotion['reason']}")
+
+
+def _pm(value: Any, stderr: Any) -> str:
+    return "-" if value is None else f"{value:.3f} ± {stderr:.3f}"
+
+
+def _delta(row: dict) -> str:
+    return f"{row['delta_acc']:+.3f} [{row['delta_acc_ci_low']:+.3f}, {row['delta_acc_ci_high']:+.3f}]"
 
 
 def _cell(value: Any) -> str:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
-from loretune.flows.stages import prepare_data, publish_ledger, resolve_config, run_stage
-from loretune.tasks.evaluation import evaluate_checkpoints, read_table
+from loretune.flows.stages import prepare_data, publish_ledger, resolve_config, resolve_user_sets, run_stage
+from loretune.tasks.evaluation import evaluate_checkpoints, read_baselines, read_promotion, read_table
 from loretune.tasks.training import build_base_model, train
 
 
@@ -20,6 +20,7 @@ def finetune(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] 
     the base URL of the offline sample sources server, which then stands in for the real sites.
     """
     cfg = resolve_config(config, overrides, sample_sources)
+    user_sets = resolve_user_sets(config, cfg)  # a broken set fails here, before any work
     store, ledger = cfg.store_uri(), {}
     common = dict(store=store, domain=cfg.domain)
     data = prepare_data(cfg, ledger)
@@ -28,6 +29,10 @@ def finetune(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] 
                             base=base, params=cfg.training, image_tokens=cfg.model.image_tokens)
     evaluation = run_stage(evaluate_checkpoints, ledger, **common, checkpoints=checkpoints,
                            dataset_ref=data["dataset"], features=data["features"], base=base,
-                           params=cfg.evaluation, max_length=cfg.training.max_length)
+                           params=cfg.evaluation, max_length=cfg.training.max_length, user_sets=user_sets)
     publish_ledger(f"{cfg.domain}-run", ledger, store)
-    return {"store": store, "stages": ledger, "evaluation": read_table(evaluation)}
+    promotion = read_promotion(evaluation)
+    if promotion["promoted"] is None:  # cached or not, every run says so
+        get_run_logger().warning("%s", promotion["reason"])
+    return {"store": store, "stages": ledger, "evaluation": read_table(evaluation),
+            "baselines": read_baselines(evaluation), "promotion": promotion}

@@ -14,17 +14,26 @@ from loretune.store import ArtifactRef
 from loretune.tasks.images import extract_features, fetch_images
 from loretune.tasks.dataset import build_dataset
 from loretune.tasks.ingest import ingest_documents
+from loretune.training.evalsets import UserSet, user_sets
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def resolve_config(config: str, overrides: dict[str, Any] | None, sample_sources: str | None) -> LoretuneConfig:
     """The domain config with the sample sources (if asked for) and then the caller's overrides on top."""
-    path = Path(config)
-    if not path.exists() and (PROJECT_ROOT / path).exists():
-        path = PROJECT_ROOT / path
+    path = _config_path(config)
     merged = {**(sample_overrides(sample_sources.rstrip("/")) if sample_sources else {}), **(overrides or {})}
     return load_config(path, merged)
+
+
+def resolve_user_sets(config: str, cfg: LoretuneConfig) -> list[UserSet]:
+    """The user's evaluation sets, validated and hashed; relative paths may sit beside the config."""
+    return user_sets(cfg.evaluation.sets, relative_to=_config_path(config).parent)
+
+
+def _config_path(config: str) -> Path:
+    path = Path(config)
+    return PROJECT_ROOT / path if not path.exists() and (PROJECT_ROOT / path).exists() else path
 
 
 def run_stage(task: Any, ledger: dict[str, dict[str, str]], **kwargs: Any) -> ArtifactRef:

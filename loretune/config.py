@@ -120,6 +120,9 @@ class DatasetConfig(Section):
     system_prompt: str = "You are a helpful expert on the lore of {domain}."
     max_answer_chars: int = Field(300, ge=50, description="prose is taught in chunks of at most this size")
     near_duplicate_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    # "permuted_facts": the control experiment. Training teaches every infobox value on another
+    # page (and no prose); the evaluation sets stay true. A model trained so must score chance.
+    control: Literal["none", "permuted_facts"] = "none"
 
 
 class TinyModelConfig(Section):
@@ -167,8 +170,23 @@ class TrainingConfig(Section):
     load_in_4bit: bool = True
 
 
+class PromotionConfig(Section):
+    """The gate: the earliest checkpoint within 1 SE of the best on `set` by `metric`, if it beats
+    step 0 beyond the paired 95% interval and the set's no-knowledge baselines beyond its own."""
+
+    set: str = "facts"
+    metric: Literal["acc", "acc_norm"] = "acc"
+
+
 class EvaluationConfig(Section):
     batch_size: int = Field(16, ge=1)
+    # Per set, a seeded sample stratified by answer position. 200 items of two choices is about
+    # 34k scored tokens: ~90 s per checkpoint for a 135M model on a 2-core CPU (bench/eval_budget.py).
+    max_items: int | None = Field(200, ge=1)
+    seed: int = 0
+    # User-supplied sets: JSON (a list) or JSONL of {question, choices, answer}; named by file stem.
+    sets: list[str] = []
+    promote: PromotionConfig = PromotionConfig()
 
 
 class LoretuneConfig(Section):

@@ -2,8 +2,8 @@
 
 A small trainable projector (LLaVA-style two-layer MLP) maps one CLIP embedding to `n_tokens`
 vectors in the LLM's embedding space; they are prepended to the text embeddings. Every row of a
-batch gets the prefix so shapes stay rectangular: rows without an image have it masked out of
-attention and of the loss, so they behave as text-only.
+batch with an image gets the prefix so shapes stay rectangular: rows without an image have it
+masked out of attention and of the loss, so they behave as text-only.
 
 The projector is attached to the base model as the `image_projector` submodule, so PEFT can train
 and save it with the adapter (`modules_to_save`) and load it back with it.
@@ -85,8 +85,15 @@ def fuse(
     has_image: torch.Tensor,
     labels: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Model inputs with the image prefix: `inputs_embeds`, `attention_mask` and, if given, `labels`."""
+    """Model inputs with the image prefix: `inputs_embeds`, `attention_mask` and, if given, `labels`.
+
+    A batch without any image gets no prefix at all, so text-only scoring is exactly the plain
+    model's (the masked prefix would still shift positions and perturb the float sums).
+    """
     text = model.get_input_embeddings()(input_ids)
+    if not bool(has_image.any()):
+        return {"inputs_embeds": text, "attention_mask": attention_mask,
+                **({"labels": labels} if labels is not None else {})}
     prefix = find_projector(model)(image_features.to(torch.float32)).to(text.dtype)
     batch, n_tokens = prefix.shape[:2]
     prefix_mask = has_image.to(attention_mask.dtype).unsqueeze(1).expand(batch, n_tokens)

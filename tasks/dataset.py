@@ -1,4 +1,4 @@
-"""The dataset stage: chat examples and the decontaminated binary-choice evaluation set."""
+"""The dataset stage: chat examples and the evaluation sets, with their no-knowledge baselines."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from loretune.config import DatasetConfig
 from loretune.fingerprint import code_version
 from loretune.ingest.documents import read_documents
 from loretune.multimodal.images import read_index
-from loretune.store import ArtifactRef
-from loretune.tasks.stage import StageCache, publish_stage
-from loretune.training import chat, dataset
+from loretune.store import ArtifactRef, ArtifactStore
+from loretune.tasks.stage import StageCache, announce, publish_stage
+from loretune.training import chat, dataset, evalsets, stats
 
-DATASET = StageCache(stage="dataset", code=code_version(dataset, chat))
+DATASET = StageCache(stage="dataset", code=code_version(dataset, chat, evalsets, stats))
 
 
 @task(name="dataset", cache_policy=DATASET, persist_result=True)
@@ -27,11 +27,26 @@ def build_dataset(store: str, domain: str, documents: ArtifactRef, images_ref: A
     def build(out: Path) -> dict:
         report = dataset.build_dataset(
             pages, out, domain=domain, system_prompt=params.system_prompt, max_answer_chars=params.max_answer_chars,
-            val_fraction=params.val_fraction, seed=params.seed, near_duplicate_threshold=params.near_duplicate_threshold)
+            val_fraction=params.val_fraction, seed=params.seed, near_duplicate_threshold=params.near_duplicate_threshold,
+            control=params.control)
         dropped = report.dropped_exact + report.dropped_near_duplicate
-        logger.info("dataset: %s train / %s validation examples, %s eval questions; contamination check "
-                    "dropped %s eval questions (%s exact, %s near-duplicate)", report.train, report.validation,
-                    report.eval_questions, dropped, report.dropped_exact, report.dropped_near_duplicate)
+        logger.info("dataset: %s train / %s validation examples; eval sets %s; contamination check dropped %s "
+                    "eval questions (%s exact, %s near-duplicate)", report.train, report.validation,
+                    ", ".join(f"{k} {v['items']}" for k, v in report.eval_sets.items()), dropped,
+                    report.dropped_exact, report.dropped_near_duplicate)
+        if params.control != "none":
+            logger.warning("dataset: control %r: training does not teach the true facts", params.control)
         return report.as_dict()
 
-    return publish_stage(DATASET, build)
+    ref = publish_stage(DATASET, build, announce_manifest=False)
+    manifest = ArtifactStore(store).manifest(ref.stage, ref.version)
+    announce(domain, manifest, extra_markdown=baselines_markdown(manifest["details"]["eval_sets"]))
+    return ref
+
+
+def baselines_markdown(eval_sets: dict) -> str:
+    rows = [f"| {name} | {info['items']} | " + " | ".join(
+        f"{info['baselines'][b]['value']:.3f} ± {info['baselines'][b]['stderr']:.3f}" for b in evalsets.BASELINES) + " |"
+        for name, info in eval_sets.items()]
+    return ("\n#### evaluation sets and what no knowledge scores on them\n\n| set | items | "
+            + " | ".join(evalsets.BASELINES) + " |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n")

@@ -1,12 +1,13 @@
-"""The evaluation stage: every checkpoint and step 0 on the binary-choice set; table and plot."""
+"""The evaluation stage: every checkpoint and step 0 on every set; table, plot and the promotion gate."""
 
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
-from datasets import Dataset
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -17,30 +18,40 @@ from loretune.multimodal.clip import read_features
 from loretune.store import ArtifactRef
 from loretune.tasks.stage import StageCache, publish_stage
 from loretune.tasks.training import base_model_location
-from loretune.training import chat, evaluate
+from loretune.training import chat, dataset, evalsets, evaluate, promotion, stats
+from loretune.training.evalsets import UserSet
 from loretune.training.sft import list_checkpoints
 
-EVALUATION = StageCache(stage="evaluation", code=code_version(evaluate, chat, fusion))
+EVALUATION = StageCache(stage="evaluation", code=code_version(evaluate, chat, fusion, evalsets, promotion, stats))
 TABLE = "evaluation.csv"
+BASELINES = "baselines.json"
+PER_ITEM = "per_item.jsonl"
 PLOT = "accuracy.png"
 
 
 @task(name="evaluate", cache_policy=EVALUATION, persist_result=True)
 def evaluate_checkpoints(store: str, domain: str, checkpoints: ArtifactRef, dataset_ref: ArtifactRef,
-                         features: ArtifactRef, base: ArtifactRef, params: EvaluationConfig, max_length: int) -> ArtifactRef:
+                         features: ArtifactRef, base: ArtifactRef, params: EvaluationConfig, max_length: int,
+                         user_sets: list[UserSet]) -> ArtifactRef:
+    """`user_sets` carries each user file's sha256, so editing one re-runs this stage and no other."""
     logger = get_run_logger()
 
     def build(out: Path) -> dict:
-        table = evaluate.evaluate_checkpoints(
+        sets, baselines = dataset.load_eval_sets(dataset_ref.local_path(), user_sets, params.max_items, params.seed)
+        result = evaluate.evaluate_checkpoints(
             base_model=base_model_location(base), checkpoints=list_checkpoints(checkpoints.local_path()),
-            questions=Dataset.load_from_disk(str(dataset_ref.local_path() / "eval_binary")),
+            sets=sets, system=dataset.system_prompt(dataset_ref.local_path()),
             features=read_features(features.local_path() / "features.parquet"),
             batch_size=params.batch_size, max_length=max_length, log=logger.info)
-        pd.DataFrame(table, columns=evaluate.TABLE_COLUMNS).to_csv(out / TABLE, index=False)
-        evaluate.plot(table, out / PLOT, title=f"{domain}: binary-choice accuracy per checkpoint")
-        best = max(table, key=lambda r: r["accuracy"])
-        return {"checkpoints": len(table) - 1, "questions": table[0]["questions"],
-                "step0_accuracy": table[0]["accuracy"], "best_accuracy": best["accuracy"], "best_step": best["step"]}
+        pd.DataFrame(result.table, columns=evaluate.TABLE_COLUMNS).to_csv(out / TABLE, index=False)
+        (out / BASELINES).write_text(json.dumps(baselines, indent=2, sort_keys=True))
+        (out / PER_ITEM).write_text("".join(json.dumps(r) + "\n" for r in result.per_item))
+        evaluate.plot(result.table, baselines, out / PLOT, title=f"{domain}: accuracy per checkpoint, per set")
+        decision = promotion.promote(result.table, baselines, params.promote.set, params.promote.metric)
+        (logger.info if decision["promoted"] else logger.warning)("evaluate: %s", decision["reason"])
+        return {"checkpoints": len({r["step"] for r in result.table}) - 1,
+                **{f"{name}_items": len(items) for name, items in sets.items()},
+                "promoted": decision["promoted"], "promotion": decision}
 
     ref = publish_stage(EVALUATION, build, announce_manifest=False)
     publish_report(domain, ref)
@@ -51,12 +62,38 @@ def read_table(ref: ArtifactRef) -> list[dict]:
     return pd.read_csv(ref.local_path() / TABLE).astype(object).where(lambda d: d.notna(), None).to_dict("records")
 
 
+def read_baselines(ref: ArtifactRef) -> dict[str, dict[str, dict[str, float]]]:
+    return json.loads((ref.local_path() / BASELINES).read_text())
+
+
+def read_promotion(ref: ArtifactRef) -> dict[str, Any]:
+    return ref.manifest()["details"]["promotion"]
+
+
+def report_rows(table: list[dict], baselines: dict[str, dict[str, dict[str, float]]]) -> list[dict]:
+    """Per set: its no-knowledge baselines, then every checkpoint; what the table artifact shows."""
+    rows = []
+    for name in dict.fromkeys(r["set"] for r in table):
+        for baseline, value in baselines.get(name, {}).items():
+            rows.append({"set": name, "step": None, "checkpoint": f"baseline: {baseline}",
+                         "acc": value["value"], "acc_stderr": value["stderr"]})
+        rows += [r for r in table if r["set"] == name]
+    return [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in rows]
+
+
 def publish_report(domain: str, ref: ArtifactRef) -> None:
-    """The per-checkpoint table and its plot, under stable keys (new versions only)."""
-    rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in read_table(ref)]
-    create_table_artifact(key=f"{domain}-evaluation", table=rows,
-                          description=f"binary-choice accuracy per checkpoint (evaluation {ref.version})")
+    """The table (baselines beside it), its plot and the promotion, under stable keys."""
+    create_table_artifact(key=f"{domain}-evaluation", table=report_rows(read_table(ref), read_baselines(ref)),
+                          description=f"accuracy per checkpoint and set, ± standard error (evaluation {ref.version})")
     png = base64.b64encode((ref.local_path() / PLOT).read_bytes()).decode()
     create_markdown_artifact(key=f"{domain}-evaluation-plot",
                              markdown=f"![accuracy per checkpoint](data:image/png;base64,{png})",
-                             description=f"accuracy per checkpoint (evaluation {ref.version})")
+                             description=f"accuracy per checkpoint and set (evaluation {ref.version})")
+    decision = read_promotion(ref)
+    headline = f"**promoted: `{decision['promoted']}`**" if decision["promoted"] else "**no checkpoint beats the base**"
+    create_markdown_artifact(key=f"{domain}-promoted",
+                             markdown=f"### {domain}: promotion\n\n{headline}\n\n{decision['reason']}\n\n"
+                                      f"gate: earliest checkpoint within 1 SE of the best on `{decision['set']}` by "
+                                      f"`{decision['metric']}`; must beat step 0 and the no-knowledge baselines "
+                                      f"beyond the 95% interval (evaluation `{ref.version}`)",
+                             description=f"promoted: {decision['promoted'] or 'none'}")

@@ -75,13 +75,28 @@ def test_features_say_their_clip_weights_are_random(cold, store):
     assert "random" in manifest["details"]["model_id"]
 
 
-def test_evaluation_has_step_zero_and_every_checkpoint(cold):
+def test_evaluation_has_every_set_at_step_zero_and_every_checkpoint(cold):
     table = cold["evaluation"]
-    assert [row["step"] for row in table] == [0, 2, 4]
-    assert table[0]["checkpoint"] == "base"
+    assert [(r["step"], r["set"]) for r in table] == [
+        (step, name) for step in (0, 2, 4) for name in ("facts", "synthetic", "pictures")]
+    assert {r["checkpoint"] for r in table if r["step"] == 0} == {"base"}
     for row in table:
-        assert 0.0 <= row["accuracy"] <= 1.0 and row["questions"] > 100
-        assert row["accuracy_image"] is not None
+        assert 0.0 <= row["acc"] <= 1.0 and 0.0 < row["acc_stderr"] < 0.2
+        assert row["n"] == (200 if row["set"] != "pictures" else row["n"]) and row["n"] > 20
+    n = {r["set"]: r["n"] for r in table}
+    for name, values in cold["baselines"].items():
+        assert set(values) == {"always_first", "more_common", "shorter"}
+        first = values["always_first"]["value"] * n[name]
+        assert abs(first - n[name] / 2) <= 0.5, f"{name}: answer positions are not balanced"
+
+
+def test_four_steps_promote_nothing_and_say_why(cold, store):
+    """Four steps of training cannot beat step 0 beyond the noise: the gate must not pretend."""
+    promotion = cold["promotion"]
+    assert promotion["promoted"] is None
+    assert promotion["reason"].startswith("no checkpoint beats the") and "95% CI" in promotion["reason"]
+    manifest = ArtifactStore(store).manifest("evaluation", cold["stages"]["evaluation"]["version"])
+    assert manifest["details"]["promoted"] is None and manifest["details"]["promotion"] == promotion
 
 
 def test_second_run_does_no_stage_work(cold, run, store):
@@ -124,12 +139,17 @@ def test_stage_artifacts_appear_in_prefect_under_stable_keys(cold):
             return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
 
     for key, kind in [("naruto-documents", "markdown"), ("naruto-dataset", "markdown"),
-                      ("naruto-evaluation", "table"), ("naruto-evaluation-plot", "markdown"), ("naruto-run", "table")]:
+                      ("naruto-evaluation", "table"), ("naruto-evaluation-plot", "markdown"), ("naruto-run", "table"),
+                      ("naruto-promoted", "markdown")]:
         found = run_coro_as_sync(by_key(key))
         assert found, f"no Prefect artifact {key}"
         assert found[0].type == kind
     plot = run_coro_as_sync(by_key("naruto-evaluation-plot"))[0]
     assert "data:image/png;base64," in plot.data
+    assert "no checkpoint beats the base" in run_coro_as_sync(by_key("naruto-promoted"))[0].data
+    assert "more_common" in run_coro_as_sync(by_key("naruto-dataset"))[0].data, "the dataset shows its baselines"
+    table = json.loads(run_coro_as_sync(by_key("naruto-evaluation"))[0].data)
+    assert {"baseline: more_common", "base", "checkpoint-4"} <= {row["checkpoint"] for row in table}
 
 
 def test_bad_config_key_is_one_clear_error(prefect_server, samples, store):
@@ -152,7 +172,9 @@ def test_report_prints_a_flow_runs_evaluation_table(cold, store):
     assert cold["stages"]["evaluation"]["version"] in result.output
     lines = [line.split() for line in result.output.splitlines()]
     assert [line[:2] for line in lines if line and line[0] in {"0", "2", "4"}] == [
-        ["0", "base"], ["2", "checkpoint-2"], ["4", "checkpoint-4"]]
+        ["0", "base"], ["2", "checkpoint-2"], ["4", "checkpoint-4"]] * 3
+    assert "set facts (n=200" in result.output and "more_common 0.5" in result.output
+    assert "promoted: none" in result.output
 
 
 def test_documents_manifest_says_how_each_source_did(cold, store):

@@ -18,6 +18,7 @@ from loretune.config import TrainingConfig
 from loretune.multimodal import fusion
 from loretune.multimodal.fusion import attach_projector, fuse
 from loretune.training import dataset as ds
+from loretune.training import evalsets
 from loretune.training.chat import IGNORE, encode_chat
 from loretune.training.evaluate import evaluate_checkpoints
 from loretune.training.sft import train
@@ -34,7 +35,7 @@ def page(i: int, image: str | None = None) -> ds.LorePage:
     name = ["Ayo", "Bex", "Cal", "Dov", "Eli", "Fen"][i]
     return ds.LorePage(doc_id=f"fandom:{i}", title=f"{name} {clans[i]}",
                        text=f"{name} {clans[i]} is a ninja of the {clans[i]} clan. {name} holds the rank of {ranks[i]}.",
-                       facts={"clan": clans[i], "rank": ranks[i]}, image=image)
+                       facts={"clan": [clans[i]], "rank": [ranks[i]]}, image=image, kind="character")
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +59,16 @@ def test_encode_chat_labels_only_the_answer(tokenizer):
 def test_text_only_rows_are_unaffected_by_the_image_prefix(tokenizer):
     model = build_tiny_llama(tokenizer, **TINY).eval()
     attach_projector(model, clip_dim=8, n_tokens=3, seed=0)
-    ids = torch.tensor([tokenizer("Ayo Uzumaki is a ninja")["input_ids"]])
+    ids = torch.tensor([tokenizer("Ayo Uzumaki is a ninja")["input_ids"]] * 2)
     mask = torch.ones_like(ids)
-    plain = model(input_ids=ids, attention_mask=mask).logits
     with torch.no_grad():
-        fused = fuse(model, ids, mask, torch.randn(1, 8), torch.tensor([False]))
-        prefixed = model(**fused).logits[:, 3:]
-    # Positions shift by the prefix length, so compare the next-token distributions' ranking.
-    assert torch.equal(plain.argmax(-1), prefixed.argmax(-1))
-    torch.testing.assert_close(torch.softmax(plain, -1), torch.softmax(prefixed, -1), atol=0.02, rtol=0)
+        plain = model(input_ids=ids, attention_mask=mask).logits
+        alone = model(**fuse(model, ids, mask, torch.randn(2, 8), torch.tensor([False, False]))).logits
+        beside_an_image = model(**fuse(model, ids, mask, torch.randn(2, 8), torch.tensor([True, False]))).logits
+    assert torch.equal(plain, alone), "a batch without images must be exactly the plain model"
+    # In a batch with an image the row carries a masked prefix: positions shift, predictions don't.
+    assert torch.equal(plain[1].argmax(-1), beside_an_image[1, 3:].argmax(-1))
+    torch.testing.assert_close(torch.softmax(plain[1], -1), torch.softmax(beside_an_image[1, 3:], -1), atol=1e-4, rtol=0)
 
 
 def test_an_image_changes_what_the_model_predicts(tokenizer):
@@ -79,22 +81,26 @@ def test_an_image_changes_what_the_model_predicts(tokenizer):
     assert not torch.allclose(logits[0, -1], logits[1, -1])
 
 
-def test_eval_questions_never_appear_in_training_but_their_facts_do():
+def test_eval_questions_never_appear_in_training_but_their_facts_do(tmp_path):
     pages = [page(i) for i in range(6)]
+    ds.build_dataset(pages, tmp_path, domain="test", system_prompt=SYSTEM, max_answer_chars=200, val_fraction=0.0,
+                     seed=0, near_duplicate_threshold=0.8)
     rows = ds.training_examples(pages, SYSTEM, max_answer_chars=200)
     prompts = {r["messages"][1]["content"] for r in rows}
     answers = {(r["doc_id"], r["messages"][2]["content"]) for r in rows}
-    questions = ds.evaluation_questions(pages, seed=0)
+    questions = evalsets.read_set(tmp_path / "eval" / "facts.jsonl")
     assert len(questions) == 12
     for q in questions:
         assert q["question"] not in prompts
-        assert (q["doc_id"], q["options"][q["answer"]]) in answers, "the fact must be taught in training"
-        assert q["options"][0] != q["options"][1]
+        assert (q["doc_id"], q["choices"][q["answer"]]) in answers, "the fact must be taught in training"
+        assert q["choices"][0] != q["choices"][1]
 
 
-def test_decontamination_drops_exact_and_near_duplicates():
+def test_decontamination_drops_exact_and_near_duplicates(tmp_path):
     pages = [page(i) for i in range(6)]
-    questions = ds.evaluation_questions(pages, seed=0)
+    ds.build_dataset(pages, tmp_path, domain="test", system_prompt=SYSTEM, max_answer_chars=200, val_fraction=0.0,
+                     seed=0, near_duplicate_threshold=0.8)
+    questions = evalsets.read_set(tmp_path / "eval" / "facts.jsonl")
     leaked = questions[0]["question"]
     near = "In the lore which " + leaked.split("which ", 1)[1].rstrip("?") + " ?"
     report = ds.BuildReport()
@@ -135,22 +141,23 @@ def test_short_training_beats_step_zero_and_saves_the_projector(tmp_path):
     assert any("image_projector" in k and "net" in k for k in keys), "the projector must be saved with the adapter"
     assert any("feature_mean" in k for k in keys), "so must the feature standardisation it was trained with"
 
-    def ask(question: str, right: str, wrong: str, kind: str, page_: ds.LorePage) -> dict:
-        return {"question": question, "options": [right, wrong], "answer": 0, "kind": kind, "field": "",
-                "doc_id": page_.doc_id, "image_sha256": page_.image if kind == "image" else "", "system": SYSTEM}
+    def ask(question: str, right: str, wrong: str, page_: ds.LorePage, image: str = "") -> dict:
+        return {"question": question, "choices": [right, wrong], "answer": 0, "image_sha256": image}
 
-    facts = [ask(template.format(field=key, title=p.title), value, other.facts[key], "fact", p)
+    facts = [ask(template.format(field=key, title=p.title), value[0], other.facts[key][0], p)
              for p in pages for key, value in p.facts.items() for template in ds.TRAIN_FACT_TEMPLATES
              for other in pages if other is not p]
-    pictures = [ask(template, p.title, other.title, "image", p)
+    pictures = [ask(template, p.title, other.title, p, image=p.image)
                 for p in pages for template in ds.TRAIN_IMAGE_TEMPLATES for other in pages if other is not p]
-    table = evaluate_checkpoints(base_model=str(tmp_path / "base"), checkpoints=checkpoints,
-                                 questions=Dataset.from_list(facts + pictures), features=features,
-                                 batch_size=32, max_length=64, log=lambda m: None)
-    assert [r["step"] for r in table] == [0, 40, 80]
-    first, last = table[0], table[-1]
-    assert last["accuracy_fact"] >= max(0.85, first["accuracy_fact"] + 0.2), table
-    assert last["accuracy_image"] >= max(0.85, first["accuracy_image"] + 0.2), "the projector did not learn"
+    result = evaluate_checkpoints(base_model=str(tmp_path / "base"), checkpoints=checkpoints,
+                                  sets={"facts": facts, "pictures": pictures}, system=SYSTEM, features=features,
+                                  batch_size=32, max_length=64, log=lambda m: None)
+    table = {(r["step"], r["set"]): r for r in result.table}
+    assert sorted({r["step"] for r in result.table}) == [0, 40, 80]
+    for name in ("facts", "pictures"):
+        first, last = table[0, name], table[80, name]
+        assert last["acc"] >= max(0.85, first["acc"] + 0.2), (name, first, last)
+        assert last["delta_acc_ci_low"] > 0 and last["mcnemar_p"] < 0.01, "a real gain must read as one"
     assert json.loads((tmp_path / "ckpt" / "loretune_multimodal.json").read_text())["clip_dim"] == 8
 
 

@@ -1,9 +1,15 @@
-"""Documents to chat examples, plus the binary-choice evaluation set.
+"""Documents to chat examples, plus the evaluation sets built beside them.
 
 The model must learn the lore, so every fact an evaluation question asks about is taught in
 training: in the page's prose and as short question/answer turns. What training never sees is the
 evaluation question itself: eval questions use their own phrasing, and any that still matches a
 training prompt exactly or nearly (word-set Jaccard) is dropped and counted on every build.
+
+`control="permuted_facts"` is the experiment that shows the evaluation measures page-specific
+knowledge: training teaches every infobox value on a different page of the same field (and no prose,
+which would teach the true pairing), while the evaluation sets are built from the true pages. A
+model trained that way knows the same values, as often and as long, but not whose they are, and
+must score no better than chance on `facts`.
 """
 
 from __future__ import annotations
@@ -11,11 +17,15 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 from datasets import Dataset, DatasetDict
+
+from loretune.training import evalsets
+
+EVAL_DIR = "eval"
 
 # Training phrasings of a fact question. Answers are the bare value, which is also what an
 # evaluation option is scored as, so a fact learnt in training is measured as itself.
@@ -24,14 +34,12 @@ TRAIN_FACT_TEMPLATES = (
     "Name the {field} of {title}.",
     "{title}: {field}?",
 )
-EVAL_FACT_TEMPLATE = "In the lore, which {field} goes with {title}?"
 TRAIN_IMAGE_TEMPLATES = (
     "Who or what is shown in this picture?",
     "Name what this image depicts.",
     "What is this a picture of?",
     "Identify the subject of this image.",
 )
-EVAL_IMAGE_TEMPLATE = "Which name fits the picture above?"
 ABOUT_TEMPLATES = ("Tell me about {title}.", "What else is known about {title}? Part {part}.")
 
 SKIP_FIELDS = {"name", "image", "caption", "title"}
@@ -44,8 +52,9 @@ class LorePage:
     doc_id: str
     title: str
     text: str
-    facts: dict[str, str]
+    facts: dict[str, list[str]]  # infobox field -> its values, in the wiki's order
     image: str | None  # sha256 of the page's main image, if it was fetched and valid
+    kind: str | None = None  # the infobox type, e.g. "character"; None outside Fandom
 
 
 @dataclass
@@ -53,7 +62,8 @@ class BuildReport:
     train: int = 0
     validation: int = 0
     eval_questions: int = 0
-    eval_image_questions: int = 0
+    eval_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    control: str = "none"
     dropped_exact: int = 0
     dropped_near_duplicate: int = 0
     dropped_examples: list[str] = field(default_factory=list)
@@ -66,13 +76,14 @@ def pages_from_documents(documents: Iterable[Any], image_sha_by_url: dict[str, s
     pages = []
     for doc in documents:
         meta = doc.meta if isinstance(doc.meta, dict) else json.loads(doc.meta or "{}")
-        facts = {
-            key: ", ".join(v) if isinstance(v, list) else str(v)
-            for key, v in (meta.get("infobox") or {}).items()
-            if key not in SKIP_FIELDS and v
-        }
+        facts = {}
+        for key, value in (meta.get("infobox") or {}).items():
+            values = [str(v) for v in (value if isinstance(value, list) else [value]) if str(v).strip()]
+            if key not in SKIP_FIELDS and values:
+                facts[key] = values
         image = next((image_sha_by_url[u] for u in doc.image_urls if u in image_sha_by_url), None)
-        pages.append(LorePage(doc_id=f"{doc.source}:{doc.id}", title=doc.title, text=doc.text, facts=facts, image=image))
+        pages.append(LorePage(doc_id=f"{doc.source}:{doc.id}", title=doc.title, text=doc.text, facts=facts,
+                              image=image, kind=meta.get("infobox_type")))
     return sorted(pages, key=lambda p: p.doc_id)
 
 
@@ -102,43 +113,62 @@ def training_examples(pages: Sequence[LorePage], system: str, max_answer_chars: 
         for part, chunk in enumerate(chunk_prose(page.text, max_answer_chars), start=1):
             template = ABOUT_TEMPLATES[0] if part == 1 else ABOUT_TEMPLATES[1]
             rows.append(example(template.format(title=page.title, part=part), chunk, "prose", page))
-        for key, value in page.facts.items():
+        for key, values in page.facts.items():
             for template in TRAIN_FACT_TEMPLATES:
-                rows.append(example(template.format(field=key, title=page.title), value, "fact", page))
+                rows.append(example(template.format(field=key, title=page.title), ", ".join(values), "fact", page))
         if page.image:
             for template in TRAIN_IMAGE_TEMPLATES:
                 rows.append(example(template, page.title, "image", page, image=page.image))
     return rows
 
 
-def evaluation_questions(pages: Sequence[LorePage], seed: int) -> list[dict[str, Any]]:
-    """Two options per question: the page's value and another page's different value for the same field."""
+def permute_facts(pages: Sequence[LorePage], seed: int, tries: int = 500) -> list[LorePage]:
+    """Every page's values for a field swapped with another page's, so that (where the values
+    allow it) no page keeps a value it really has; the prose is removed, since it tells the truth.
+
+    A field where most pages share one value (every character's village) cannot be fully moved
+    off the truth: the permutation with the fewest pages keeping a true value is used.
+    """
     rng = random.Random(seed)
-    values_by_field: dict[str, list[str]] = {}
-    for page in pages:
-        for key, value in page.facts.items():
-            values_by_field.setdefault(key, []).append(value)
-    questions = []
-    for page in pages:
-        for key, value in sorted(page.facts.items()):
-            distractors = sorted({v for v in values_by_field[key] if v.lower() != value.lower()})
-            if distractors:
-                question = EVAL_FACT_TEMPLATE.format(field=key, title=page.title)
-                questions.append(_binary(question, value, rng.choice(distractors), rng, "fact", key, page))
-    pictured = [p for p in pages if p.image]
-    for page in pictured:
-        others = sorted(p.title for p in pictured if p.title != page.title)
-        if others:
-            q = _binary(EVAL_IMAGE_TEMPLATE, page.title, rng.choice(others), rng, "image", "image", page)
-            questions.append({**q, "image_sha256": page.image})
-    return questions
+    moved: dict[str, dict[str, list[str]]] = {p.doc_id: {} for p in pages}
+    for key in sorted({key for p in pages for key in p.facts}):
+        holders = [p for p in pages if key in p.facts]
+        best, best_kept = list(range(len(holders))), len(holders) + 1
+        for _ in range(tries if len(holders) > 1 else 0):
+            order = rng.sample(range(len(holders)), len(holders))
+            kept = sum(bool(set(holders[j].facts[key]) & set(p.facts[key])) for p, j in zip(holders, order))
+            if kept < best_kept:
+                best, best_kept = order, kept
+            if kept == 0:
+                break
+        for page, j in zip(holders, best):
+            moved[page.doc_id][key] = holders[j].facts[key]
+    return [replace(p, text="", facts=moved[p.doc_id]) for p in pages]
 
 
-def _binary(question: str, right: str, wrong: str, rng: random.Random, kind: str, key: str, page: LorePage) -> dict[str, Any]:
-    answer = rng.randrange(2)
-    options = [wrong, right] if answer else [right, wrong]
-    return {"question": question, "options": options, "answer": answer, "kind": kind,
-            "field": key, "doc_id": page.doc_id, "image_sha256": ""}
+def eval_pages(pages: Sequence[LorePage]) -> list[evalsets.EvalPage]:
+    return [evalsets.EvalPage(doc_id=p.doc_id, title=p.title, text=p.text, kind=p.kind, facts=p.facts, image=p.image)
+            for p in pages]
+
+
+def build_eval_sets(pages: Sequence[LorePage], train_texts: Iterable[str], train_prompts: Iterable[str],
+                    seed: int, threshold: float, report: BuildReport) -> dict[str, list[dict[str, Any]]]:
+    """The three built-in sets, decontaminated, answers placed, baselines recorded and checked."""
+    index = evalsets.TextIndex(train_texts)
+    truth = eval_pages(pages)
+    builders = {"facts": evalsets.facts_set, "synthetic": evalsets.synthetic_set, "pictures": evalsets.pictures_set}
+    prompts = set(train_prompts)
+    sets = {}
+    for name, builder in builders.items():
+        rng = random.Random(f"{seed}:{name}")
+        items, skipped = builder(truth, index, rng)
+        items = evalsets.place_answers(decontaminate(items, prompts, threshold, report), rng)
+        values = evalsets.baselines(items, index)
+        report.eval_sets[name] = {"items": len(items), "skipped_for_balance": skipped, "baselines": values}
+        evalsets.check_baselines(name, values, len(items))
+        sets[name] = items
+    report.eval_questions = sum(len(items) for items in sets.values())
+    return sets
 
 
 def _words(text: str) -> frozenset[str]:
@@ -158,17 +188,16 @@ def decontaminate(
     kept = []
     for q in questions:
         text = " ".join(q["question"].lower().split())
-        if q["kind"] == "fact" and text in seen_exact:
+        if text in seen_exact:
             report.dropped_exact += 1
             report.dropped_examples.append(q["question"])
             continue
         words = _words(q["question"])
-        if q["kind"] == "fact" and any(len(words & w) / len(words | w) >= threshold for w in seen_words if w):
+        if any(len(words & w) / len(words | w) >= threshold for w in seen_words if w):
             report.dropped_near_duplicate += 1
             report.dropped_examples.append(q["question"])
             continue
         kept.append(q)
-    report.dropped_examples = report.dropped_examples[:20]
     return kept
 
 
@@ -182,33 +211,58 @@ def build_dataset(
     val_fraction: float,
     seed: int,
     near_duplicate_threshold: float,
+    control: Literal["none", "permuted_facts"] = "none",
 ) -> BuildReport:
-    """Write `sft/` (train/validation chat examples) and `eval_binary/` under `out_dir`."""
+    """Write `sft/` (train/validation chat examples) and `eval/<set>.jsonl` under `out_dir`."""
     if not pages:
         raise ValueError("no documents to build a dataset from: did every source fail?")
     system = system_prompt.format(domain=domain)
-    rows = training_examples(pages, system, max_answer_chars)
+    taught = permute_facts(pages, seed) if control == "permuted_facts" else pages
+    rows = [r for r in training_examples(taught, system, max_answer_chars) if r["messages"][2]["content"]]
     random.Random(seed).shuffle(rows)
     n_val = int(len(rows) * val_fraction)
-    splits = DatasetDict({"train": Dataset.from_list(rows[n_val:]), "validation": Dataset.from_list(rows[:n_val])})
+    # An empty split cannot be saved and loaded back by `datasets`: no validation split then.
+    splits = DatasetDict({"train": Dataset.from_list(rows[n_val:]),
+                          **({"validation": Dataset.from_list(rows[:n_val])} if n_val else {})})
 
-    report = BuildReport(train=len(rows) - n_val, validation=n_val)
-    # Image questions share a fixed wording with nothing page-specific; the check is about facts.
+    report = BuildReport(train=len(rows) - n_val, validation=n_val, control=control)
+    train_texts = [m["content"] for r in rows[n_val:] for m in r["messages"]]
     train_prompts = {r["messages"][1]["content"] for r in rows}
-    questions = decontaminate(evaluation_questions(pages, seed), train_prompts, near_duplicate_threshold, report)
-    questions = [{**q, "system": system} for q in questions]
-    if not questions:
+    sets = build_eval_sets(pages, train_texts, train_prompts, seed, near_duplicate_threshold, report)
+    if not sets["facts"] and not sets["synthetic"]:
         raise ValueError("no evaluation questions could be built: pages need infobox facts shared across pages")
-    report.eval_questions = len(questions)
-    report.eval_image_questions = sum(q["kind"] == "image" for q in questions)
 
     splits.save_to_disk(str(out_dir / "sft"))
-    Dataset.from_list(questions).save_to_disk(str(out_dir / "eval_binary"))
-    (out_dir / "build_report.json").write_text(json.dumps(report.as_dict(), indent=2))
+    (out_dir / EVAL_DIR).mkdir()
+    for name, items in sets.items():
+        evalsets.write_set(items, out_dir / EVAL_DIR / f"{name}.jsonl")
+    report.dropped_examples = report.dropped_examples[:20]
+    (out_dir / "build_report.json").write_text(json.dumps({**report.as_dict(), "system_prompt": system}, indent=2))
     return report
+
+
+def system_prompt(dataset_dir: Path) -> str:
+    return json.loads((dataset_dir / "build_report.json").read_text())["system_prompt"]
+
+
+def eval_set_paths(dataset_dir: Path) -> dict[str, Path]:
+    """The built-in sets a dataset holds, in their fixed order."""
+    return {name: dataset_dir / EVAL_DIR / f"{name}.jsonl" for name in evalsets.BUILTIN_SETS
+            if (dataset_dir / EVAL_DIR / f"{name}.jsonl").exists()}
 
 
 def corpus_texts(dataset_dir: Path) -> list[str]:
     """Training text only (never eval questions), e.g. to train the tiny model's tokenizer."""
     train = DatasetDict.load_from_disk(str(dataset_dir / "sft"))["train"]
     return [m["content"] for row in train["messages"] for m in row]
+
+
+def load_eval_sets(dataset_dir: Path, user_sets: Sequence[evalsets.UserSet], max_items: int | None,
+                   seed: int) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, dict[str, float]]]]:
+    """The sets one evaluation scores (built-in, then user-supplied), each sampled to `max_items`,
+    with the baselines of exactly those items (frequency counted in this dataset's training text)."""
+    sets = {name: evalsets.read_set(path) for name, path in eval_set_paths(dataset_dir).items()}
+    sets.update({s.name: evalsets.load_user_set(s) for s in user_sets})
+    sets = {name: evalsets.sample(items, max_items, seed) for name, items in sets.items() if items}
+    index = evalsets.TextIndex(corpus_texts(dataset_dir))
+    return sets, {name: evalsets.baselines(items, index) for name, items in sets.items()}

@@ -1,9 +1,17 @@
-"""Score every checkpoint, and the untrained start as step 0, on the binary-choice set.
+"""Score every checkpoint, and the untrained start as step 0, on every evaluation set.
 
-A question is answered by comparing the log-likelihood the model gives each option as the
-assistant's reply, not by generating text and parsing it: no decoding settings, no parser errors,
-and a margin that moves smoothly as training proceeds. `accuracy` compares summed log-likelihoods,
-`accuracy_norm` per-token means (so a longer option is not penalised for its length).
+Scoring follows lm-evaluation-harness's multiple-choice semantics exactly, so a number here means
+what it means there (a test runs lm-eval itself on the same items and model and compares):
+
+- the context is the chat template's rendering of (system, question) with the generation prompt;
+  each choice is a continuation, scored as the assistant's reply;
+- context and continuation are encoded together and split at the context's length, with the
+  context's trailing whitespace moved onto the continuation (lm-eval's `_encode_pair`);
+- `acc` takes the choice with the highest summed log-likelihood; `acc_norm` divides that by the
+  choice's length in characters; ties go to the first choice, as `np.argmax` gives them.
+
+Unlike lm-eval, an item whose longest choice does not fit `max_length` is dropped and counted
+rather than left-truncated, so a truncated choice is never scored.
 
 The base model is loaded once; each checkpoint is a PEFT adapter switched in by name, and step 0
 is the same model with adapters disabled (the projector then is its seeded initial state, exactly
@@ -14,92 +22,168 @@ from __future__ import annotations
 
 import json
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from datasets import Dataset
 from peft import PeftModel
 
 from loretune.multimodal.fusion import attach_projector, fuse
 from loretune.training.backends import default_device, load_base
-from loretune.training.chat import IGNORE, encode_chat
+from loretune.training.chat import IGNORE
 from loretune.training.sft import MULTIMODAL_FILE, Checkpoint, FusionCollator
+from loretune.training.stats import mcnemar_p, mean_stderr, paired_difference
 
-TABLE_COLUMNS = ["step", "checkpoint", "questions", "accuracy", "accuracy_norm", "accuracy_fact",
-                 "accuracy_image", "mean_margin", "eval_loss"]
+TABLE_COLUMNS = ["step", "checkpoint", "set", "n", "dropped", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr",
+                 "delta_acc", "delta_acc_ci_low", "delta_acc_ci_high", "delta_acc_norm", "delta_acc_norm_ci_low",
+                 "delta_acc_norm_ci_high", "mcnemar_p", "eval_loss"]
 
 
-def option_rows(questions: Dataset, tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
-    rows = []
-    for q_index, q in enumerate(questions):
-        for o_index, option in enumerate(q["options"]):
-            messages = [
-                {"role": "system", "content": q["system"]},
-                {"role": "user", "content": q["question"]},
-                {"role": "assistant", "content": option},
-            ]
-            rows.append({**encode_chat(tokenizer, messages, max_length), "image_sha256": q["image_sha256"],
-                         "question": q_index, "option": o_index})
-    return rows
+# --- requests: lm-eval's encoding ---------------------------------------------------------------
+
+
+def chat_context(tokenizer: Any, system: str, question: str) -> str:
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def tok_encode(tokenizer: Any, text: str) -> list[int]:
+    """lm-eval's HFLM.tok_encode: no second BOS when the text already starts with one."""
+    bos = tokenizer.bos_token or tokenizer.decode([tokenizer.eos_token_id])
+    if bos and text.startswith(bos):
+        return tokenizer.encode(text, add_special_tokens=False)
+    return tokenizer.encode(text)
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's `_encode_pair`: encode together, split at the context's own length."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = tok_encode(tokenizer, context + continuation)
+    context_ids = tok_encode(tokenizer, context)
+    return context_ids, whole[len(context_ids):]
+
+
+@dataclass
+class Requests:
+    """One row per (item, choice) that fits, and which items were dropped for length."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)
+    dropped: int = 0
+
+
+def build_requests(items: Sequence[dict[str, Any]], tokenizer: Any, system: str, max_length: int) -> Requests:
+    requests = Requests()
+    for index, item in enumerate(items):
+        context = chat_context(tokenizer, system, item["question"])
+        pairs = [encode_pair(tokenizer, context, choice) for choice in item["choices"]]
+        if any(len(c) + len(x) > max_length or not x for c, x in pairs):
+            requests.dropped += 1  # never score a truncated (or empty) choice
+            continue
+        requests.kept.append(index)
+        for choice, (context_ids, continuation) in enumerate(pairs):
+            requests.rows.append({"input_ids": context_ids + continuation,
+                                  "labels": [IGNORE] * len(context_ids) + continuation,
+                                  "image_sha256": item.get("image_sha256") or "",
+                                  "item": len(requests.kept) - 1, "choice": choice})
+    return requests
 
 
 @torch.no_grad()
-def option_logprobs(model: Any, batches: Iterator[dict[str, torch.Tensor]], device: str) -> list[tuple[float, int]]:
-    """(summed log-prob, token count) of each row's labelled tokens."""
-    scores = []
-    for batch in batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
+def loglikelihoods(model: Any, rows: list[dict[str, Any]], collator: FusionCollator, batch_size: int,
+                   device: str) -> np.ndarray:
+    """Summed log-probability of each row's labelled tokens, in the rows' order.
+
+    Longest rows first so batches pad little; only the labelled positions go through log-softmax,
+    so memory is (labelled tokens x vocabulary), not (batch x length x vocabulary).
+    """
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
+    scores = np.zeros(len(rows))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collator([rows[i] for i in chunk]).items()}
         fused = fuse(model, batch["input_ids"], batch["attention_mask"], batch["image_features"],
                      batch["has_image"], batch["labels"])
         logits = model(inputs_embeds=fused["inputs_embeds"], attention_mask=fused["attention_mask"]).logits
         labels = fused["labels"][:, 1:]
-        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         mask = labels != IGNORE
-        picked = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
-        scores += list(zip(picked.sum(-1).tolist(), mask.sum(-1).tolist()))
+        picked = torch.log_softmax(logits[:, :-1][mask].float(), dim=-1).gather(-1, labels[mask].unsqueeze(-1))
+        per_row = torch.zeros(len(chunk), device=picked.device).index_add_(
+            0, mask.nonzero()[:, 0], picked.squeeze(-1))
+        scores[chunk] = per_row.cpu().numpy()
     return scores
 
 
-def score(model: Any, rows: list[dict[str, Any]], questions: Dataset, collator: FusionCollator,
-          batch_size: int, device: str) -> dict[str, float]:
-    batches = (collator(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size))
-    logprob = np.zeros((len(questions), 2))
-    tokens = np.ones((len(questions), 2))
-    for row, (total, count) in zip(rows, option_logprobs(model, batches, device)):
-        logprob[row["question"], row["option"]] = total
-        tokens[row["question"], row["option"]] = max(count, 1)
-    answer = np.array(questions["answer"])
-    kinds = np.array(questions["kind"])
-    idx = np.arange(len(answer))
-    correct = logprob.argmax(1) == answer
-    correct_norm = (logprob / tokens).argmax(1) == answer
+# --- per set: scores, then the table -----------------------------------------------------------
 
-    def mean_where(values: np.ndarray, where: np.ndarray) -> float | None:
-        return float(values[where].mean()) if where.any() else None
 
+@dataclass
+class SetScores:
+    n: int
+    dropped: int
+    correct: np.ndarray  # per kept item, bool
+    correct_norm: np.ndarray
+    loglikelihoods: list[list[float]]
+
+
+def score_set(items: Sequence[dict[str, Any]], requests: Requests, lls: np.ndarray) -> SetScores:
+    per_item: list[list[float]] = [[] for _ in requests.kept]
+    for row, ll in zip(requests.rows, lls):
+        per_item[row["item"]].append(float(ll))
+    correct, correct_norm = [], []
+    for index, item_lls in zip(requests.kept, per_item):
+        item = items[index]
+        lengths = np.array([float(len(c)) for c in item["choices"]])
+        correct.append(int(np.argmax(item_lls)) == item["answer"])
+        correct_norm.append(int(np.argmax(np.array(item_lls) / lengths)) == item["answer"])
+    return SetScores(len(requests.kept), requests.dropped, np.array(correct, dtype=bool),
+                     np.array(correct_norm, dtype=bool), per_item)
+
+
+def table_row(step: int, checkpoint: str, name: str, scores: SetScores, base: SetScores) -> dict[str, Any]:
+    delta = paired_difference(scores.correct, base.correct)
+    delta_norm = paired_difference(scores.correct_norm, base.correct_norm)
     return {
-        "questions": int(len(answer)),
-        "accuracy": float(correct.mean()),
-        "accuracy_norm": float(correct_norm.mean()),
-        "accuracy_fact": mean_where(correct, kinds == "fact"),
-        "accuracy_image": mean_where(correct, kinds == "image"),
-        "mean_margin": float((logprob[idx, answer] - logprob[idx, 1 - answer]).mean()),
+        "step": step, "checkpoint": checkpoint, "set": name, "n": scores.n, "dropped": scores.dropped,
+        "acc": float(scores.correct.mean()) if scores.n else None, "acc_stderr": mean_stderr(scores.correct),
+        "acc_norm": float(scores.correct_norm.mean()) if scores.n else None,
+        "acc_norm_stderr": mean_stderr(scores.correct_norm),
+        "delta_acc": delta[0], "delta_acc_ci_low": delta[1], "delta_acc_ci_high": delta[2],
+        "delta_acc_norm": delta_norm[0], "delta_acc_norm_ci_low": delta_norm[1],
+        "delta_acc_norm_ci_high": delta_norm[2], "mcnemar_p": mcnemar_p(scores.correct, base.correct),
     }
+
+
+def score_sets(model: Any, requests: dict[str, Requests], sets: dict[str, Sequence[dict[str, Any]]],
+               collator: FusionCollator, batch_size: int, device: str) -> dict[str, SetScores]:
+    """The model as it stands (adapter chosen by the caller) on every set."""
+    return {name: score_set(sets[name], r, loglikelihoods(model, r.rows, collator, batch_size, device))
+            for name, r in requests.items()}
+
+
+@dataclass
+class Evaluation:
+    table: list[dict[str, Any]]
+    per_item: list[dict[str, Any]]
 
 
 def evaluate_checkpoints(
     *,
     base_model: str,
     checkpoints: Sequence[Checkpoint],
-    questions: Dataset,
+    sets: dict[str, Sequence[dict[str, Any]]],
+    system: str,
     features: dict[str, np.ndarray],
     batch_size: int,
     max_length: int,
     log: Callable[[str], None] = print,
-) -> list[dict[str, Any]]:
-    """One row per checkpoint plus step 0; see TABLE_COLUMNS."""
+) -> Evaluation:
+    """One table row per (checkpoint, set), step 0 included; and every item's scores."""
     if not checkpoints:
         raise ValueError("no checkpoints to evaluate")
     spec = json.loads((checkpoints[0].path.parent / MULTIMODAL_FILE).read_text())
@@ -112,22 +196,31 @@ def evaluate_checkpoints(
         model.load_adapter(str(checkpoint.path), adapter_name=_name(checkpoint))
     model.eval()
 
-    rows = option_rows(questions, tokenizer, max_length)
+    requests = {name: build_requests(items, tokenizer, system, max_length) for name, items in sets.items()}
+    for name, r in requests.items():
+        if r.dropped:
+            log(f"evaluate: {name}: {r.dropped} of {len(sets[name])} items do not fit max_length={max_length}; dropped")
     collator = FusionCollator(tokenizer.pad_token_id, features, spec["clip_dim"])
     losses = _eval_losses(checkpoints[-1].path)
-    table = []
+    table, per_item, base = [], [], {}
     for step, checkpoint in [(0, None), *[(c.step, c) for c in checkpoints]]:
         if checkpoint is None:
             context = model.disable_adapter()
         else:
             model.set_adapter(_name(checkpoint))
             context = nullcontext()
+        label = checkpoint.path.name if checkpoint else "base"
         with context:
-            result = score(model, rows, questions, collator, batch_size, device)
-        table.append({"step": step, "checkpoint": checkpoint.path.name if checkpoint else "base",
-                      **result, "eval_loss": losses.get(step)})
-        log(f"evaluate: step {step}: accuracy {result['accuracy']:.3f} over {result['questions']} questions")
-    return table
+            scored = score_sets(model, requests, sets, collator, batch_size, device)
+            for name, scores in scored.items():
+                base.setdefault(name, scores)
+                table.append({**table_row(step, label, name, scores, base[name]), "eval_loss": losses.get(step)})
+                per_item += [{"step": step, "set": name, "item": index, "correct": bool(ok), "correct_norm": bool(ok_norm),
+                              "loglikelihoods": lls} for index, ok, ok_norm, lls in
+                             zip(requests[name].kept, scores.correct, scores.correct_norm, scores.loglikelihoods)]
+        shown = ", ".join(f"{r['set']} {r['acc']:.3f}" for r in table if r["step"] == step and r["acc"] is not None)
+        log(f"evaluate: step {step}: acc {shown}")
+    return Evaluation(table, per_item)
 
 
 def _name(checkpoint: Checkpoint) -> str:
@@ -143,21 +236,28 @@ def _eval_losses(last_checkpoint: Path) -> dict[int, float]:
     return {h["step"]: h["eval_loss"] for h in history if "eval_loss" in h}
 
 
-def plot(table: list[dict[str, Any]], path: Path, title: str) -> None:
+def plot(table: list[dict[str, Any]], baselines: dict[str, dict[str, dict[str, float]]], path: Path,
+         title: str) -> None:
+    """One panel per set: acc with its standard error per step, the best no-knowledge baseline, chance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [r["step"] for r in table]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    for column, style in [("accuracy", "o-"), ("accuracy_fact", "s--"), ("accuracy_image", "^--")]:
-        values = [r[column] for r in table]
-        if all(v is not None for v in values):
-            ax.plot(steps, values, style, label=column)
-    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":", label="chance")
-    ax.set(xlabel="training step", ylabel="binary-choice accuracy", ylim=(0, 1.02), title=title)
-    ax.legend(loc="lower right", fontsize=8)
+    names = list(dict.fromkeys(r["set"] for r in table))
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), dpi=100, squeeze=False)
+    for ax, name in zip(axes[0], names):
+        rows = [r for r in table if r["set"] == name and r["acc"] is not None]
+        ax.errorbar([r["step"] for r in rows], [r["acc"] for r in rows], yerr=[r["acc_stderr"] or 0 for r in rows],
+                    fmt="o-", capsize=3, label="acc ± 1 SE")
+        best = max(baselines.get(name, {}).values(), key=lambda b: b["value"], default=None)
+        if best is not None:
+            ax.axhline(best["value"], color="tab:red", linewidth=0.8, linestyle="--", label="best no-knowledge baseline")
+        ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":", label="chance (2 choices)")
+        ax.set(xlabel="training step", ylim=(0, 1.02), title=f"{name} (n={rows[0]['n'] if rows else 0})")
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][-1].legend(loc="lower right", fontsize=7)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -136,13 +136,13 @@ def train(
     log(f"train: {trainable:,} trainable of {total:,} parameters (LoRA r={cfg.lora.r} + image projector)")
 
     data = encode_splits(dataset_dir, tokenizer, cfg.max_length)
-    log(f"train: {len(data['train'])} training and {len(data['validation'])} validation examples")
+    has_validation = "validation" in data and len(data["validation"]) > 0
+    log(f"train: {len(data['train'])} training and {len(data['validation']) if has_validation else 0} validation examples")
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / MULTIMODAL_FILE).write_text(json.dumps(
         {"clip_dim": clip_dim, "image_tokens": image_tokens, "projector_seed": cfg.seed,
          "feature_stats": stats, "base_model": base_model}
     ))
-    has_validation = len(data["validation"]) > 0
     args = SFTConfig(
         output_dir=str(output_dir),
         max_steps=cfg.max_steps,
