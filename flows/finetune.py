@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.states import Completed
 
 from loretune.flows.stages import prepare_data, publish_ledger, resolve_config, resolve_user_sets, run_stage
 from loretune.tasks.evaluation import evaluate_checkpoints, read_baselines, read_promotion, read_table
@@ -32,7 +33,9 @@ def finetune(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] 
                            params=cfg.evaluation, max_length=cfg.training.max_length, user_sets=user_sets)
     publish_ledger(f"{cfg.domain}-run", ledger, store)
     promotion = read_promotion(evaluation)
-    if promotion["promoted"] is None:  # cached or not, every run says so
+    result = {"store": store, "stages": ledger, "evaluation": read_table(evaluation),
+              "baselines": read_baselines(evaluation), "promotion": promotion}
+    if promotion["promoted"] is None:  # cached or not, every run says so: in its log and its state
         get_run_logger().warning("%s", promotion["reason"])
-    return {"store": store, "stages": ledger, "evaluation": read_table(evaluation),
-            "baselines": read_baselines(evaluation), "promotion": promotion}
+        return Completed(message=promotion["reason"], data=result)
+    return result

@@ -97,6 +97,15 @@ def test_four_steps_promote_nothing_and_say_why(cold, store):
     assert promotion["reason"].startswith("no checkpoint beats the") and "95% CI" in promotion["reason"]
     manifest = ArtifactStore(store).manifest("evaluation", cold["stages"]["evaluation"]["version"])
     assert manifest["details"]["promoted"] is None and manifest["details"]["promotion"] == promotion
+    from prefect import get_client
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def final_state():
+        async with get_client() as client:
+            return (await client.read_flow_run(manifest["flow_run_id"])).state
+
+    state = run_coro_as_sync(final_state())
+    assert state.type.value == "COMPLETED" and state.message == promotion["reason"], "the UI shows why"
 
 
 def test_second_run_does_no_stage_work(cold, run, store):
@@ -126,6 +135,33 @@ def test_deleted_artifact_is_recomputed_not_trusted_from_cache(cold, run, store)
     assert again["stages"]["dataset"]["version"] == version
     assert ArtifactStore(store).exists("dataset", version)
     assert states(again)["model"] == "Cached", "same dataset version: downstream stays cached"
+
+
+def test_a_user_set_is_scored_beside_the_built_in_ones_and_editing_it_reruns_only_evaluation(cold, run, tmp_path):
+    quiz = tmp_path / "lore_quiz.jsonl"
+    quiz.write_text('{"question": "Which village does Gaara lead?", "choices": ["Sunagakure", "Konohagakure"], "answer": 0}\n'
+                    '{"question": "Who taught Team 7?", "choices": ["Might Guy", "Kakashi Hatake"], "answer": "Kakashi Hatake"}\n')
+    first = run(**{"evaluation.sets": [str(quiz)]})
+    assert states(first)["evaluation"] == "Completed" and states(first)["checkpoints"] == "Cached"
+    rows = [r for r in first["evaluation"] if r["set"] == "lore_quiz"]
+    assert [r["n"] for r in rows] == [2, 2, 2]
+    assert first["baselines"]["lore_quiz"]["always_first"]["value"] == 0.5
+    quiz.write_text(quiz.read_text().replace("Might Guy", "Jiraiya"))
+    edited = run(**{"evaluation.sets": [str(quiz)]})
+    assert {s for s, state in states(edited).items() if state == "Completed"} == {"documents", "evaluation"}
+    assert edited["stages"]["evaluation"]["version"] != first["stages"]["evaluation"]["version"]
+
+
+def test_a_broken_user_set_fails_before_any_work_naming_file_and_item(prefect_server, samples, store, tmp_path):
+    from loretune.flows.finetune import finetune
+    from loretune.training.evalsets import EvalSetError
+
+    quiz = tmp_path / "broken.json"
+    quiz.write_text('[{"question": "Who?", "choices": ["A", "B"], "answer": 5}]')
+    before = versions(store)
+    with pytest.raises(EvalSetError, match=r"broken\.json: item 1: 'answer' index 5 is out of range"):
+        finetune(overrides={"store": str(store), "evaluation.sets": [str(quiz)]}, sample_sources=samples.base_url)
+    assert versions(store) == before
 
 
 def test_stage_artifacts_appear_in_prefect_under_stable_keys(cold):
