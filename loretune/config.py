@@ -180,8 +180,9 @@ class PromotionConfig(Section):
 
 class EvaluationConfig(Section):
     batch_size: int = Field(16, ge=1)
-    # Per set, a seeded sample stratified by answer position. 200 items of two choices is about
-    # 34k scored tokens: ~90 s per checkpoint for a 135M model on a 2-core CPU (bench/eval_budget.py).
+    # Per set, a seeded sample stratified by answer position. 200 items of two choices are ~20k
+    # scored tokens: SmolLM2-135M scores ~500 tokens/s on 2 CPU cores, so the three built-in sets
+    # cost ~90 s per checkpoint (bench/eval_budget.py), for a standard error of ±0.035 per set.
     max_items: int | None = Field(200, ge=1)
     seed: int = 0
     # User-supplied sets: JSON (a list) or JSONL of {question, choices, answer}; named by file stem.

@@ -155,3 +155,13 @@ def test_permuted_control_teaches_every_value_on_another_page():
     assert sorted(p.facts["clan"][0] for p in moved) == sorted(clans), "the same values, as often"
     assert all(m.facts["clan"] != p.facts["clan"] for m, p in zip(moved, ps)), "no page keeps its true value"
     assert all(m.text == "" for m in moved), "no prose: it would teach the true pairing"
+
+
+def test_lore_without_images_has_no_pictures_set_and_still_evaluates(tmp_path):
+    lore = [ds.LorePage(doc_id=f"fandom:{i}", title=f"{FIRST[i]} {LAST[i]}", text=p.text, facts=p.facts, image=None,
+                        kind="character") for i, p in enumerate(pages())]
+    ds.build_dataset(lore, tmp_path, domain="test", system_prompt="S", max_answer_chars=200, val_fraction=0.1,
+                     seed=0, near_duplicate_threshold=0.8)
+    sets, baselines = ds.load_eval_sets(tmp_path, [], max_items=10, seed=0)
+    assert list(sets) == ["facts", "synthetic"] and set(baselines) == {"facts", "synthetic"}
+    assert all(len(items) == 10 for items in sets.values())

@@ -261,7 +261,7 @@ def load_eval_sets(dataset_dir: Path, user_sets: Sequence[evalsets.UserSet], max
                    seed: int) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, dict[str, float]]]]:
     """The sets one evaluation scores (built-in, then user-supplied), each sampled to `max_items`,
     with the baselines of exactly those items (frequency counted in this dataset's training text)."""
-    sets = {name: evalsets.read_set(path) for name, path in eval_set_paths(dataset_dir).items()}
+    sets = {name: evalsets.read_set(path, allow_empty=True) for name, path in eval_set_paths(dataset_dir).items()}
     sets.update({s.name: evalsets.load_user_set(s) for s in user_sets})
     sets = {name: evalsets.sample(items, max_items, seed) for name, items in sets.items() if items}
     index = evalsets.TextIndex(corpus_texts(dataset_dir))

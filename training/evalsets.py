@@ -328,8 +328,12 @@ def write_set(items: Sequence[dict[str, Any]], path: Path) -> None:
                     encoding="utf-8")
 
 
-def read_set(path: Path) -> list[dict[str, Any]]:
-    """A set file: a JSON list, or JSON Lines; every item validated, errors naming file and item."""
+def read_set(path: Path, allow_empty: bool = False) -> list[dict[str, Any]]:
+    """A set file: a JSON list, or JSON Lines; every item validated, errors naming file and item.
+
+    A user's empty set is a mistake; a built-in one is empty when the lore has nothing to ask
+    (no images: no `pictures`), and `allow_empty` says so.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -338,7 +342,7 @@ def read_set(path: Path) -> list[dict[str, Any]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise EvalSetError(f"{path}: cannot read the evaluation set ({exc})") from None
     raw = _parse(path, text)
-    if not raw:
+    if not raw and not allow_empty:
         raise EvalSetError(f"{path}: the evaluation set has no items")
     return [_validate(path, i, item) for i, item in enumerate(raw, start=1)]
 
