@@ -9,7 +9,8 @@ import pytest
 
 from loretune.training import dataset as ds
 from loretune.training import evalsets
-from loretune.training.evalsets import EvalPage, EvalSetError, TextIndex
+from loretune.training.dataset import LorePage
+from loretune.training.evalsets import EvalSetError, TextIndex
 
 FIRST = ["Ayo", "Bex", "Cal", "Dov", "Eli", "Fen", "Gus", "Hal", "Ivo", "Jax", "Kip", "Lev", "Mox", "Ned", "Oto",
          "Pim", "Quin", "Rex", "Sol", "Tam", "Uri", "Vik", "Wes", "Yul"]
@@ -18,21 +19,21 @@ LAST = ["Abe", "Bor", "Cun", "Dax", "Eno", "Fay", "Gil", "Hux", "Ide", "Jun", "K
 VILLAGES = ["Konohagakure", "Sunagakure", "Kirigakure", "Iwagakure", "Kumogakure", "Otogakure"]
 
 
-def pages(n: int = 24) -> list[EvalPage]:
+def pages(n: int = 24) -> list[LorePage]:
     """Most pages share one village (the frequent answer), as a real wiki's characters do."""
     out = []
     for i in range(n):
         village = VILLAGES[0] if i % 3 else VILLAGES[1 + i % 5]
         affiliations = [village] + (["Ninja Academy"] if i % 4 == 0 else [])
         title = f"{FIRST[i]} {LAST[i]}"
-        out.append(EvalPage(doc_id=f"fandom:{i}", title=title, kind="character",
+        out.append(LorePage(doc_id=f"fandom:{i}", title=title, kind="character",
                             text=f"Everyone knows that {title} grew up in the village of {village}. "
                                  f"In the hills, {title} trained with {out[-1].title if out else 'nobody'} for years.",
                             facts={"village": [village], "affiliation": affiliations}, image=f"img{i}"))
     return out
 
 
-def index_for(ps: list[EvalPage]) -> TextIndex:
+def index_for(ps: list[LorePage]) -> TextIndex:
     return TextIndex([p.text for p in ps] + [v for p in ps for vs in p.facts.values() for v in vs] * 3)
 
 
@@ -97,8 +98,8 @@ def test_synthetic_cloze_blanks_a_name_and_offers_a_same_kind_one():
 
 
 def test_pictures_ask_for_a_title_of_the_same_kind():
-    ps = pages(6) + [EvalPage("youtube:1", "A video about villages", "text", None, {}, "imgv"),
-                     EvalPage("youtube:2", "Another video", "text", None, {}, "imgw")]
+    ps = pages(6) + [LorePage("youtube:1", "A video about villages", "text", {}, "imgv"),
+                     LorePage("youtube:2", "Another video", "text", {}, "imgw")]
     items, _ = evalsets.pictures_set(ps, index_for(ps), random.Random(0))
     assert len(items) == 8
     for item in items:

@@ -146,22 +146,16 @@ def permute_facts(pages: Sequence[LorePage], seed: int, tries: int = 500) -> lis
     return [replace(p, text="", facts=moved[p.doc_id]) for p in pages]
 
 
-def eval_pages(pages: Sequence[LorePage]) -> list[evalsets.EvalPage]:
-    return [evalsets.EvalPage(doc_id=p.doc_id, title=p.title, text=p.text, kind=p.kind, facts=p.facts, image=p.image)
-            for p in pages]
-
-
 def build_eval_sets(pages: Sequence[LorePage], train_texts: Iterable[str], train_prompts: Iterable[str],
                     seed: int, threshold: float, report: BuildReport) -> dict[str, list[dict[str, Any]]]:
     """The three built-in sets, decontaminated, answers placed, baselines recorded and checked."""
     index = evalsets.TextIndex(train_texts)
-    truth = eval_pages(pages)
     builders = {"facts": evalsets.facts_set, "synthetic": evalsets.synthetic_set, "pictures": evalsets.pictures_set}
     prompts = set(train_prompts)
     sets = {}
     for name, builder in builders.items():
         rng = random.Random(f"{seed}:{name}")
-        items, skipped = builder(truth, index, rng)
+        items, skipped = builder(pages, index, rng)
         items = evalsets.place_answers(decontaminate(items, prompts, threshold, report), rng)
         values = evalsets.baselines(items, index)
         report.eval_sets[name] = {"items": len(items), "skipped_for_balance": skipped, "baselines": values}

@@ -33,7 +33,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -136,9 +136,8 @@ class Balancer:
 # --- the built-in sets -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EvalPage:
-    """What the sets need from a page: plain values."""
+class Page(Protocol):
+    """What the sets need from a page (the dataset's `LorePage` is one)."""
 
     doc_id: str
     title: str
@@ -148,14 +147,14 @@ class EvalPage:
     image: str | None
 
 
-def _item(set_name: str, question: str, right: str, wrong: str, page: EvalPage, field_: str,
+def _item(set_name: str, question: str, right: str, wrong: str, page: Page, field_: str,
           image: str = "") -> dict[str, Any]:
     # Right first for now; `place_answers` balances the positions once the set is final.
     return {"set": set_name, "question": question, "choices": [right, wrong], "answer": 0,
             "doc_id": page.doc_id, "field": field_, "image_sha256": image}
 
 
-def facts_set(pages: Sequence[EvalPage], index: TextIndex, rng: random.Random) -> tuple[list[dict], int]:
+def facts_set(pages: Sequence[Page], index: TextIndex, rng: random.Random) -> tuple[list[dict], int]:
     """One question per (page, field, value); the wrong value is another page's, for that field."""
     by_field: dict[str, list[str]] = {}
     for page in pages:
@@ -173,7 +172,7 @@ def facts_set(pages: Sequence[EvalPage], index: TextIndex, rng: random.Random) -
     return items, balancer.skipped
 
 
-def pictures_set(pages: Sequence[EvalPage], index: TextIndex, rng: random.Random) -> tuple[list[dict], int]:
+def pictures_set(pages: Sequence[Page], index: TextIndex, rng: random.Random) -> tuple[list[dict], int]:
     pictured = [p for p in pages if p.image]
     order = list(pictured)
     rng.shuffle(order)
@@ -186,7 +185,7 @@ def pictures_set(pages: Sequence[EvalPage], index: TextIndex, rng: random.Random
     return items, balancer.skipped
 
 
-def entity_kinds(pages: Sequence[EvalPage]) -> dict[str, set[str]]:
+def entity_kinds(pages: Sequence[Page]) -> dict[str, set[str]]:
     """Names the lore knows, each with its kinds: page titles by infobox type, values by field.
 
     A value that the training text mostly writes in lower case ("Short", "Male") is an ordinary
@@ -203,7 +202,7 @@ def entity_kinds(pages: Sequence[EvalPage]) -> dict[str, set[str]]:
             if len(name) >= 4 and name[:1].isupper() and not _mostly_lowercase(name, pages)}
 
 
-def _mostly_lowercase(name: str, pages: Sequence[EvalPage]) -> bool:
+def _mostly_lowercase(name: str, pages: Sequence[Page]) -> bool:
     cased = sum(len(re.findall(rf"(?<!\w){re.escape(name)}(?!\w)", p.text)) for p in pages)
     lower = sum(len(re.findall(rf"(?<!\w){re.escape(name.lower())}(?!\w)", p.text)) for p in pages)
     return lower > cased
@@ -213,7 +212,7 @@ def sentences(text: str) -> list[str]:
     return [s for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if 6 <= len(s.split()) <= 60]
 
 
-def synthetic_set(pages: Sequence[EvalPage], index: TextIndex, rng: random.Random) -> tuple[list[dict], int]:
+def synthetic_set(pages: Sequence[Page], index: TextIndex, rng: random.Random) -> tuple[list[dict], int]:
     """Cloze statements from every page's prose: a named entity blanked, a same-kind one offered.
 
     A mention is only blanked when nothing else in the sentence gives it away: it occurs once, and
