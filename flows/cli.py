@@ -15,6 +15,7 @@ from typing import Any, Iterator, Optional
 import typer
 
 from loretune.config import ConfigError, load_config, parse_overrides, state_dir
+from loretune.training.base_models import ModelSourceError
 from loretune.training.evalsets import EvalSetError
 
 # Before Prefect is imported: keep its database in the project's state folder, not the home
@@ -72,10 +73,10 @@ def _run_flow(flow_name: str, config: str, store: str | None, sets: list[str], o
     try:  # validate before Prefect starts, so a bad config or evaluation set is one clear line
         cfg = load_config(config, overrides)
         if flow_name == "finetune":
-            from loretune.flows.stages import resolve_user_sets
+            from loretune.flows.stages import preflight
 
-            resolve_user_sets(config, cfg)
-    except (ConfigError, EvalSetError) as exc:
+            preflight(config, cfg)
+    except (ConfigError, EvalSetError, ModelSourceError) as exc:
         _fail(str(exc))
     if flow_name == "finetune":
         from loretune.flows.finetune import finetune as flow

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.states import Completed
 
-from loretune.flows.stages import prepare_data, publish_ledger, resolve_config, resolve_user_sets, run_stage
+from loretune.flows.stages import preflight, prepare_data, publish_ledger, resolve_config, run_stage
 from loretune.tasks.evaluation import evaluate_checkpoints, read_baselines, read_promotion, read_table
 from loretune.tasks.training import build_base_model, train
 
@@ -21,11 +21,12 @@ def finetune(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] 
     the base URL of the offline sample sources server, which then stands in for the real sites.
     """
     cfg = resolve_config(config, overrides, sample_sources)
-    user_sets = resolve_user_sets(config, cfg)  # a broken set fails here, before any work
+    user_sets, model_source = preflight(config, cfg)  # a broken set or model fails here, before any work
     store, ledger = cfg.store_uri(), {}
     common = dict(store=store, domain=cfg.domain)
     data = prepare_data(cfg, ledger)
-    base = run_stage(build_base_model, ledger, **common, dataset_ref=data["dataset"], params=cfg.model)
+    base = run_stage(build_base_model, ledger, **common, params=cfg.model, source=model_source,
+                     dataset_ref=data["dataset"] if model_source["kind"] == "tiny" else None)
     checkpoints = run_stage(train, ledger, **common, dataset_ref=data["dataset"], features=data["features"],
                             base=base, params=cfg.training, image_tokens=cfg.model.image_tokens)
     evaluation = run_stage(evaluate_checkpoints, ledger, **common, checkpoints=checkpoints,

