@@ -7,6 +7,7 @@ only a finished run is published to the store.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -65,10 +66,11 @@ def train(store: str, domain: str, dataset_ref: ArtifactRef, features: ArtifactR
             dataset_dir=dataset_ref.local_path(), features=vectors,
             clip_dim=features.manifest()["counts"]["embed_dim"], base_model=base_model_location(base),
             output_dir=scratch, cfg=params, image_tokens=image_tokens, log=logger.info)
-        for checkpoint in checkpoints:
-            shutil.copytree(checkpoint.path, out / checkpoint.path.name)
-        shutil.copy(scratch / sft.MULTIMODAL_FILE, out / sft.MULTIMODAL_FILE)
-        return {"checkpoints": len(checkpoints), "steps": checkpoints[-1].step}
+        published = sft.publish_checkpoints(scratch, out)
+        labels = json.loads((out / sft.LABELS_FILE).read_text())
+        return {"checkpoints": len(published), "steps": checkpoints[-1].step,
+                "examples_without_trainable_tokens": labels["no_trainable_tokens"],
+                "examples_with_truncated_answers": labels["truncated_answers"], "label_check": labels}
 
     ref = publish_stage(CHECKPOINTS, build)
     shutil.rmtree(scratch, ignore_errors=True)

@@ -67,6 +67,18 @@ def test_manifests_record_their_inputs(cold, store):
     expected = {f"{s}@{cold['stages'][s]['version']}" for s in ("dataset", "features", "model")}
     assert set(manifest["inputs"].values()) == expected
     assert manifest["parameters"]["params"]["max_steps"] == 4
+    assert manifest["counts"]["examples_without_trainable_tokens"] == 0
+    dataset = ArtifactStore(store).manifest("dataset", cold["stages"]["dataset"]["version"])
+    assert manifest["details"]["label_check"]["examples"] == dataset["counts"]["train"], "every example was checked"
+
+
+def test_published_checkpoints_name_no_machine_path_and_keep_no_resume_state(cold, store):
+    folder = store / "checkpoints" / cold["stages"]["checkpoints"]["version"]
+    names = {p.name for p in folder.rglob("*")}
+    assert "adapter_model.safetensors" in names and "trainer_state.json" in names
+    assert not names & {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"}
+    for path in folder.rglob("*.json"):
+        assert str(store) not in path.read_text(), f"{path.relative_to(folder)} names the store's path"
 
 
 def test_features_say_their_clip_weights_are_random(cold, store):

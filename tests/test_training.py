@@ -21,7 +21,7 @@ from loretune.training import dataset as ds
 from loretune.training import evalsets
 from loretune.training.chat import IGNORE, encode_chat
 from loretune.training.evaluate import evaluate_checkpoints
-from loretune.training.sft import train
+from loretune.training.sft import RESUME_ONLY, label_check, publish_checkpoints, train
 from loretune.training.tiny_model import build_and_save, build_tiny_llama, train_tokenizer
 
 SYSTEM = "You are an expert."
@@ -54,6 +54,18 @@ def test_encode_chat_labels_only_the_answer(tokenizer):
     assert tokenizer.decode(encoded["input_ids"][:first]).endswith("<|assistant|>\n")
     with pytest.raises(ValueError, match="assistant"):
         encode_chat(tokenizer, messages[:-1], max_length=128)
+    assert not encoded["truncated"] and encode_chat(tokenizer, messages, max_length=first + 1)["truncated"]
+
+
+def test_label_check_counts_what_teaches_nothing_and_refuses_training_that_learns_nothing(tokenizer):
+    short = [{"role": "user", "content": "What is the clan of Ayo?"}, {"role": "assistant", "content": "Uzumaki"}]
+    long_prompt = [{"role": "user", "content": "What is the clan of Ayo? " * 30}, {"role": "assistant", "content": "Uzumaki"}]
+    encoded = [encode_chat(tokenizer, m, max_length=40) for m in (short, long_prompt)]
+    report = label_check([e["labels"] for e in encoded], [e["truncated"] for e in encoded], max_length=40)
+    assert report["no_trainable_tokens"] == 1 and report["no_trainable_share"] == 0.5
+    assert report["truncated_answers"] == 1, "the long prompt's answer was cut off"
+    with pytest.raises(ValueError, match="training would learn nothing: 1 of 1 examples"):
+        label_check([encoded[1]["labels"]], [True], max_length=40)
 
 
 def test_text_only_rows_are_unaffected_by_the_image_prefix(tokenizer):
@@ -136,6 +148,16 @@ def test_short_training_beats_step_zero_and_saves_the_projector(tmp_path):
     checkpoints = train(dataset_dir=tmp_path / "data", features=features, clip_dim=8, base_model=str(tmp_path / "base"),
                         output_dir=tmp_path / "ckpt", cfg=cfg, image_tokens=2, log=lambda m: None)
     assert [c.step for c in checkpoints] == [40, 80]
+    (tmp_path / "published").mkdir()
+    checkpoints = publish_checkpoints(tmp_path / "ckpt", tmp_path / "published")
+    for checkpoint in checkpoints:
+        assert not {p.name for p in checkpoint.path.iterdir()} & RESUME_ONLY, "resume state stays in scratch"
+        config = json.loads((checkpoint.path / "adapter_config.json").read_text())
+        assert config["base_model_name_or_path"] == "model/base"
+        assert config["target_modules"] == sorted(config["target_modules"]), "a stable order: stable bytes"
+    for path in (tmp_path / "published").rglob("*"):
+        if path.is_file() and path.suffix in {".json", ".jinja", ".md", ".txt"}:
+            assert str(tmp_path) not in path.read_text(), f"{path} names a machine path"
     with safe_open(str(checkpoints[-1].path / "adapter_model.safetensors"), "pt") as f:
         keys = list(f.keys())
     assert any("image_projector" in k and "net" in k for k in keys), "the projector must be saved with the adapter"
@@ -158,7 +180,7 @@ def test_short_training_beats_step_zero_and_saves_the_projector(tmp_path):
         first, last = table[0, name], table[80, name]
         assert last["acc"] >= max(0.85, first["acc"] + 0.2), (name, first, last)
         assert last["delta_acc_ci_low"] > 0 and last["mcnemar_p"] < 0.01, "a real gain must read as one"
-    assert json.loads((tmp_path / "ckpt" / "loretune_multimodal.json").read_text())["clip_dim"] == 8
+    assert json.loads((tmp_path / "published" / "loretune_multimodal.json").read_text())["clip_dim"] == 8
 
 
 def test_projector_standardises_features_so_near_identical_vectors_separate():

@@ -26,8 +26,9 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, str]], max_length: int)
     full = _ids(tokenizer, messages, add_generation_prompt=False)
     if full[: len(prompt)] != prompt:
         raise ValueError("chat template renders the prompt differently with and without the answer")
-    if len(prompt) >= max_length:
-        raise ValueError(f"prompt of {len(prompt)} tokens leaves no room for an answer in max_length={max_length}")
+    # A prompt that fills max_length leaves nothing to learn: all labels IGNORE, counted by the
+    # caller's label check rather than failing the whole run for one long example.
+    truncated = len(full) > max_length
     full = full[:max_length]
-    labels = [IGNORE] * len(prompt) + full[len(prompt):]
-    return {"input_ids": full, "labels": labels}
+    labels = [IGNORE] * min(len(prompt), max_length) + full[len(prompt):]
+    return {"input_ids": full, "labels": labels, "truncated": truncated}

@@ -9,6 +9,7 @@ the adapter through PEFT's `modules_to_save`.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +28,7 @@ from loretune.training.backends import default_device, load_base, resolve_backen
 from loretune.training.chat import IGNORE, encode_chat
 
 MULTIMODAL_FILE = "loretune_multimodal.json"
+LABELS_FILE = "label_check.json"
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,8 @@ def lora_config(cfg: TrainingConfig) -> LoraConfig:
     )
 
 
-def encode_splits(dataset_dir: Path, tokenizer: Any, max_length: int) -> DatasetDict:
+def encode_splits(dataset_dir: Path, tokenizer: Any, max_length: int) -> tuple[DatasetDict, dict[str, Any]]:
+    """Token ids and labels for both splits, without examples that teach nothing; and the label check."""
     splits = DatasetDict.load_from_disk(str(dataset_dir / "sft"))
 
     def encode(row: dict[str, Any]) -> dict[str, Any]:
@@ -110,7 +113,25 @@ def encode_splits(dataset_dir: Path, tokenizer: Any, max_length: int) -> Dataset
 
     # In memory: `map` would otherwise write cache files into the (immutable) dataset artifact.
     encoded = splits.map(encode, remove_columns=splits["train"].column_names, keep_in_memory=True)
-    return encoded.filter(lambda row: any(label != IGNORE for label in row["labels"]), keep_in_memory=True)
+    report = label_check(encoded["train"]["labels"], encoded["train"]["truncated"], max_length)
+    kept = encoded.filter(lambda row: any(label != IGNORE for label in row["labels"]), keep_in_memory=True)
+    return kept, report
+
+
+def label_check(labels: list[list[int]], truncated: list[bool], max_length: int) -> dict[str, Any]:
+    """Before the first step: how many examples teach nothing, and how many lose part of their answer.
+
+    Training that would learn nothing (no example with a trainable token) is refused here, with the
+    numbers, instead of running for hours on padding.
+    """
+    n = len(labels)
+    empty = sum(all(label == IGNORE for label in row) for row in labels)
+    cut = sum(bool(t) for t in truncated)
+    if not n or empty == n:
+        raise ValueError(f"training would learn nothing: {empty} of {n} examples have no answer tokens "
+                         f"within training.max_length={max_length}; raise max_length or shorten the prompts")
+    return {"examples": n, "no_trainable_tokens": empty, "truncated_answers": cut, "max_length": max_length,
+            "no_trainable_share": empty / n, "truncated_share": cut / n}
 
 
 def train(
@@ -135,13 +156,16 @@ def train(
     trainable, total = model.get_nb_trainable_parameters()
     log(f"train: {trainable:,} trainable of {total:,} parameters (LoRA r={cfg.lora.r} + image projector)")
 
-    data = encode_splits(dataset_dir, tokenizer, cfg.max_length)
+    data, labels = encode_splits(dataset_dir, tokenizer, cfg.max_length)
+    log(f"train: label check: {labels['no_trainable_tokens']} of {labels['examples']} examples teach nothing, "
+        f"{labels['truncated_answers']} lose part of their answer to max_length={cfg.max_length}")
     has_validation = "validation" in data and len(data["validation"]) > 0
     log(f"train: {len(data['train'])} training and {len(data['validation']) if has_validation else 0} validation examples")
     output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / LABELS_FILE).write_text(json.dumps(labels, indent=2))
     (output_dir / MULTIMODAL_FILE).write_text(json.dumps(
         {"clip_dim": clip_dim, "image_tokens": image_tokens, "projector_seed": cfg.seed,
-         "feature_stats": stats, "base_model": base_model}
+         "feature_stats": stats, "base_model": base_label(base_model)}
     ))
     args = SFTConfig(
         output_dir=str(output_dir),
@@ -183,6 +207,43 @@ def train(
         log(f"train: resuming from the last checkpoint in {output_dir}")
     trainer.train(resume_from_checkpoint=resume or None)
     return list_checkpoints(output_dir)
+
+
+# What only resuming needs (and what names the training machine's paths): it stays in the
+# resumable scratch folder and is not published.
+RESUME_ONLY = frozenset({"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin", "README.md"})
+
+
+def base_label(base_model: str) -> str:
+    """How a checkpoint names its base: the model artifact's store-relative name, never a machine path."""
+    folder = Path(base_model)
+    return f"model/{folder.name}" if folder.is_absolute() or folder.exists() else base_model
+
+
+def publish_checkpoints(output_dir: Path, out: Path) -> list[Checkpoint]:
+    """Copy what evaluation and export need (adapter, projector, tokenizer, trainer state) into `out`.
+
+    adapter_config.json is rewritten canonically, its lists sorted (PEFT saves `target_modules`
+    from a set, in an order that changes from process to process) and its base named by
+    `base_label`, so the same inputs give byte-identical checkpoints wherever the store lies.
+    """
+    published = []
+    for checkpoint in list_checkpoints(output_dir):
+        target = out / checkpoint.path.name
+        target.mkdir()
+        for path in sorted(checkpoint.path.iterdir()):
+            if path.name not in RESUME_ONLY:
+                (shutil.copytree if path.is_dir() else shutil.copy2)(path, target / path.name)
+        config_file = target / "adapter_config.json"
+        config = json.loads(config_file.read_text())
+        config["base_model_name_or_path"] = base_label(config.get("base_model_name_or_path") or "")
+        config = {k: sorted(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v
+                  for k, v in config.items()}
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
+        published.append(Checkpoint(checkpoint.step, target))
+    for name in (MULTIMODAL_FILE, LABELS_FILE):
+        shutil.copy(output_dir / name, out / name)
+    return published
 
 
 def list_checkpoints(output_dir: Path) -> list[Checkpoint]:
