@@ -10,6 +10,7 @@ from prefect.states import Completed
 from loretune.flows.stages import preflight, prepare_data, publish_ledger, resolve_config, run_stage
 from loretune.tasks.evaluation import evaluate_checkpoints, read_baselines, read_promotion, read_table
 from loretune.tasks.training import build_base_model, train
+from loretune.training.backends import runtime
 
 
 @flow(name="finetune")
@@ -27,11 +28,13 @@ def finetune(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] 
     data = prepare_data(cfg, ledger)
     base = run_stage(build_base_model, ledger, **common, params=cfg.model, source=model_source,
                      dataset_ref=data["dataset"] if model_source["kind"] == "tiny" else None)
+    maths = runtime(cfg.training.backend)
     checkpoints = run_stage(train, ledger, **common, dataset_ref=data["dataset"], features=data["features"],
-                            base=base, params=cfg.training, image_tokens=cfg.model.image_tokens)
+                            base=base, params=cfg.training, image_tokens=cfg.model.image_tokens, runtime=maths)
     evaluation = run_stage(evaluate_checkpoints, ledger, **common, checkpoints=checkpoints,
                            dataset_ref=data["dataset"], features=data["features"], base=base,
-                           params=cfg.evaluation, max_length=cfg.training.max_length, user_sets=user_sets)
+                           params=cfg.evaluation, max_length=cfg.training.max_length,
+                           attn_implementation=cfg.training.attn_implementation, user_sets=user_sets, runtime=maths)
     publish_ledger(f"{cfg.domain}-run", ledger, store)
     promotion = read_promotion(evaluation)
     result = {"store": store, "stages": ledger, "evaluation": read_table(evaluation),

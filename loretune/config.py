@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class ConfigError(ValueError):
@@ -167,9 +167,19 @@ class TrainingConfig(Section):
     batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(256, ge=16)
+    # Refused for now: TRL's packing is padding-free and refuses the custom (image) collator.
     packing: bool = False
+    gradient_checkpointing: bool = False
+    attn_implementation: Literal["eager", "sdpa"] = "sdpa"
     seed: int = 0
-    load_in_4bit: bool = True
+
+    @field_validator("packing")
+    @classmethod
+    def _no_packing(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("packing is not supported: TRL's packing is padding-free, which refuses the image "
+                             "collator loretune trains with; set training.packing: false")
+        return value
 
 
 class PromotionConfig(Section):

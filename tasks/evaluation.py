@@ -32,8 +32,9 @@ PLOT = "accuracy.png"
 @task(name="evaluate", cache_policy=EVALUATION, persist_result=True)
 def evaluate_checkpoints(store: str, domain: str, checkpoints: ArtifactRef, dataset_ref: ArtifactRef,
                          features: ArtifactRef, base: ArtifactRef, params: EvaluationConfig, max_length: int,
-                         user_sets: list[UserSet]) -> ArtifactRef:
-    """`user_sets` carries each user file's sha256, so editing one re-runs this stage and no other."""
+                         attn_implementation: str, user_sets: list[UserSet], runtime: dict) -> ArtifactRef:
+    """`user_sets` carries each user file's sha256, so editing one re-runs this stage and no other;
+    `runtime` (backend, device, dtype, library versions) is part of the version too."""
     logger = get_run_logger()
 
     def build(out: Path) -> dict:
@@ -42,7 +43,8 @@ def evaluate_checkpoints(store: str, domain: str, checkpoints: ArtifactRef, data
             base_model=base_model_location(base), checkpoints=list_checkpoints(checkpoints.local_path()),
             sets=sets, system=dataset.system_prompt(dataset_ref.local_path()),
             features=read_features(features.local_path() / "features.parquet"),
-            batch_size=params.batch_size, max_length=max_length, log=logger.info)
+            batch_size=params.batch_size, max_length=max_length, attn_implementation=attn_implementation,
+            log=logger.info)
         pd.DataFrame(result.table, columns=evaluate.TABLE_COLUMNS).to_csv(out / TABLE, index=False)
         (out / BASELINES).write_text(json.dumps(baselines, indent=2, sort_keys=True))
         (out / PER_ITEM).write_text("".join(json.dumps(r) + "\n" for r in result.per_item))

@@ -56,7 +56,9 @@ def build_base_model(store: str, domain: str, dataset_ref: ArtifactRef | None, p
 
 @task(name="train", cache_policy=CHECKPOINTS, persist_result=True)
 def train(store: str, domain: str, dataset_ref: ArtifactRef, features: ArtifactRef, base: ArtifactRef,
-          params: TrainingConfig, image_tokens: int) -> ArtifactRef:
+          params: TrainingConfig, image_tokens: int, runtime: dict) -> ArtifactRef:
+    """`runtime` (backend, device, dtype, library versions) is part of the version: a new torch or
+    a GPU machine trains anew rather than reusing checkpoints made under other maths."""
     logger = get_run_logger()
     scratch = state_dir() / "work" / f"checkpoints-{CHECKPOINTS.version(stage_inputs())}"
     vectors = read_features(features.local_path() / "features.parquet")

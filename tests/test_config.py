@@ -254,3 +254,12 @@ def test_default_state_dir_is_local_not_home(tmp_path, monkeypatch):
     monkeypatch.delenv("LORETUNE_HOME", raising=False)
     monkeypatch.chdir(tmp_path)
     assert state_dir() == (tmp_path / ".loretune").resolve()
+
+
+def test_packing_is_refused_with_the_reason(tmp_path):
+    path = tmp_path / "d.yaml"
+    path.write_text("domain: d\n")
+    with pytest.raises(ConfigError, match="training.packing: .*refuses the image collator"):
+        load_config(path, {"training.packing": True})
+    assert load_config(path).training.gradient_checkpointing is False
+    assert load_config(path).training.attn_implementation == "sdpa"

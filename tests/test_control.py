@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loretune.config import TrainingConfig
+from loretune.config import LoraConfig, TrainingConfig
 from loretune.training import dataset as ds
 from loretune.training import evalsets
 from loretune.training.evaluate import evaluate_checkpoints
@@ -47,8 +47,9 @@ def facts_accuracy(tmp_path, control: str) -> dict:
                      seed=0, near_duplicate_threshold=0.8, control=control)
     build_and_save(ds.corpus_texts(data) * 3, tmp_path / f"base-{control}",
                    vocab_size=400, **TINY)
+    # The default recipe for a random-weight model: embeddings and output layer train with LoRA.
     cfg = TrainingConfig(max_steps=240, save_steps=240, batch_size=8, learning_rate=5e-3, warmup_ratio=0.0,
-                         max_length=64)
+                         max_length=64, lora=LoraConfig(modules_to_save=["embed_tokens", "lm_head"]))
     checkpoints = train(dataset_dir=data, features={}, clip_dim=8, base_model=str(tmp_path / f"base-{control}"),
                         output_dir=tmp_path / f"ckpt-{control}", cfg=cfg, image_tokens=2, log=lambda m: None)
     facts = evalsets.read_set(data / "eval" / "facts.jsonl")

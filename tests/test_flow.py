@@ -68,6 +68,10 @@ def test_manifests_record_their_inputs(cold, store):
     assert set(manifest["inputs"].values()) == expected
     assert manifest["parameters"]["params"]["max_steps"] == 4
     assert manifest["counts"]["examples_without_trainable_tokens"] == 0
+    import torch
+
+    runtime = manifest["parameters"]["runtime"]
+    assert runtime["backend"] == "hf" and runtime["dtype"] == "float32" and runtime["torch"] == torch.__version__
     dataset = ArtifactStore(store).manifest("dataset", cold["stages"]["dataset"]["version"])
     assert manifest["details"]["label_check"]["examples"] == dataset["counts"]["train"], "every example was checked"
 

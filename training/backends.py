@@ -32,15 +32,33 @@ def resolve_backend(requested: str, log: Callable[[str], None] = print) -> str:
     return "hf"
 
 
-def load_base(base_model: str, device: str) -> tuple[Any, Any]:
-    """Tokenizer and causal LM from a local folder (the tiny model) or a Hugging Face id/path."""
+def runtime(requested_backend: str) -> dict[str, str]:
+    """Everything outside the config that changes what training and evaluation compute: the
+    resolved backend, device and dtype, and the versions of the libraries that do the maths. Stages
+    take it as a parameter, so it is part of their version and recorded in their manifest."""
+    import importlib.metadata
+
+    device = default_device()
+    versions = {"torch": torch.__version__,  # with its build tag: a CUDA and a CPU build differ
+                **{name: importlib.metadata.version(name) for name in ("transformers", "peft", "trl")}}
+    return {"backend": resolve_backend(requested_backend, log=lambda message: None), "device": device,
+            "dtype": str(model_dtype(device)).removeprefix("torch."), **versions}
+
+
+def model_dtype(device: str) -> torch.dtype:
+    """fp32 on a CPU (bf16 matmuls there are slow and lossy), bf16 on CUDA; the same for train and eval."""
+    return torch.float32 if device == "cpu" else torch.bfloat16
+
+
+def load_base(base_model: str, device: str, attn_implementation: str = "sdpa") -> tuple[Any, Any]:
+    """Tokenizer and causal LM from the model stage's folder, with explicit dtype and attention."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype).to(device)
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=model_dtype(device),
+                                                 attn_implementation=attn_implementation).to(device)
     return tokenizer, model
 
 

@@ -181,6 +181,7 @@ def evaluate_checkpoints(
     features: dict[str, np.ndarray],
     batch_size: int,
     max_length: int,
+    attn_implementation: str = "sdpa",
     log: Callable[[str], None] = print,
 ) -> Evaluation:
     """One table row per (checkpoint, set), step 0 included; and every item's scores."""
@@ -188,7 +189,7 @@ def evaluate_checkpoints(
         raise ValueError("no checkpoints to evaluate")
     spec = json.loads((checkpoints[0].path.parent / MULTIMODAL_FILE).read_text())
     device = default_device()
-    tokenizer, model = load_base(base_model, device)
+    tokenizer, model = load_base(base_model, device, attn_implementation)
     attach_projector(model, spec["clip_dim"], spec["image_tokens"], seed=spec["projector_seed"],
                      stats=spec.get("feature_stats"))
     model = PeftModel.from_pretrained(model, str(checkpoints[0].path), adapter_name=_name(checkpoints[0]))

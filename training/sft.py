@@ -148,7 +148,7 @@ def train(
     """Train, saving a checkpoint every `save_steps` into `output_dir`; resumes if it holds any."""
     resolve_backend(cfg.backend, log)
     device = default_device()
-    tokenizer, model = load_base(base_model, device)
+    tokenizer, model = load_base(base_model, device, cfg.attn_implementation)
     stats = feature_stats(np.stack(list(features.values())) if features else np.zeros((0, clip_dim)))
     attach_projector(model, clip_dim, image_tokens, seed=cfg.seed, stats=stats)
     torch.manual_seed(cfg.seed)
@@ -185,6 +185,10 @@ def train(
         data_seed=cfg.seed,
         max_length=cfg.max_length,
         packing=cfg.packing,
+        # TRL defaults bf16=True and gradient checkpointing on: both set here, from the config.
+        bf16=device == "cuda",
+        fp16=False,
+        gradient_checkpointing=cfg.gradient_checkpointing,
         report_to="none",
         disable_tqdm=True,
         use_cpu=device == "cpu",
