@@ -7,11 +7,13 @@ only a finished run is published to the store.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from loretune.config import ModelConfig, TrainingConfig, state_dir
 from loretune.fingerprint import code_version
@@ -23,6 +25,7 @@ from loretune.training import backends, base_models, chat, dataset, sft, tiny_mo
 
 BASE_MODEL = StageCache(stage="model", code=code_version(tiny_model, base_models))
 CHECKPOINTS = StageCache(stage="checkpoints", code=code_version(sft, chat, backends, fusion))
+LOSS_PLOT = "loss.png"
 
 
 def base_model_location(base: ArtifactRef) -> str:
@@ -64,11 +67,19 @@ def train(store: str, domain: str, dataset_ref: ArtifactRef, features: ArtifactR
     vectors = read_features(features.local_path() / "features.parquet")
 
     def build(out: Path) -> dict:
+        bar = create_progress_artifact(progress=0.0, key=f"{domain}-training",
+                                       description=f"training step of {params.max_steps}")
+
+        def progress(step: int, max_steps: int) -> None:
+            update_progress_artifact(bar, progress=100.0 * step / max(max_steps, 1),
+                                     description=f"training step {step} of {max_steps}")
+
         checkpoints = sft.train(
             dataset_dir=dataset_ref.local_path(), features=vectors,
             clip_dim=features.manifest()["counts"]["embed_dim"], base_model=base_model_location(base),
-            output_dir=scratch, cfg=params, image_tokens=image_tokens, log=logger.info)
+            output_dir=scratch, cfg=params, image_tokens=image_tokens, log=logger.info, progress=progress)
         published = sft.publish_checkpoints(scratch, out)
+        sft.plot_losses(published[-1].path / "trainer_state.json", out / LOSS_PLOT, title=f"{domain}: loss per step")
         labels = json.loads((out / sft.LABELS_FILE).read_text())
         return {"checkpoints": len(published), "steps": checkpoints[-1].step,
                 "examples_without_trainable_tokens": labels["no_trainable_tokens"],
@@ -76,4 +87,7 @@ def train(store: str, domain: str, dataset_ref: ArtifactRef, features: ArtifactR
 
     ref = publish_stage(CHECKPOINTS, build)
     shutil.rmtree(scratch, ignore_errors=True)
+    png = base64.b64encode((ref.local_path() / LOSS_PLOT).read_bytes()).decode()
+    create_markdown_artifact(key=f"{domain}-loss-curve", markdown=f"![loss per step](data:image/png;base64,{png})",
+                             description=f"training and validation loss (checkpoints {ref.version})")
     return ref

@@ -192,13 +192,16 @@ def test_stage_artifacts_appear_in_prefect_under_stable_keys(cold):
 
     for key, kind in [("naruto-documents", "markdown"), ("naruto-dataset", "markdown"),
                       ("naruto-evaluation", "table"), ("naruto-evaluation-plot", "markdown"), ("naruto-run", "table"),
-                      ("naruto-promoted", "markdown")]:
+                      ("naruto-promoted", "markdown"), ("naruto-training", "progress"),
+                      ("naruto-loss-curve", "markdown")]:
         found = run_coro_as_sync(by_key(key))
         assert found, f"no Prefect artifact {key}"
         assert found[0].type == kind
     plot = run_coro_as_sync(by_key("naruto-evaluation-plot"))[0]
     assert "data:image/png;base64," in plot.data
     assert "no checkpoint beats the base" in run_coro_as_sync(by_key("naruto-promoted"))[0].data
+    assert run_coro_as_sync(by_key("naruto-training"))[0].data == 100.0, "the bar reaches the last step"
+    assert "data:image/png;base64," in run_coro_as_sync(by_key("naruto-loss-curve"))[0].data
     assert "more_common" in run_coro_as_sync(by_key("naruto-dataset"))[0].data, "the dataset shows its baselines"
     table = json.loads(run_coro_as_sync(by_key("naruto-evaluation"))[0].data)
     assert {"baseline: more_common", "base", "checkpoint-4"} <= {row["checkpoint"] for row in table}

@@ -81,15 +81,43 @@ class FusionSFTTrainer(SFTTrainer):
 
 
 class ProgressLog(TrainerCallback):
-    """One line per logging step, so long runs show progress in the Prefect UI's logs."""
+    """One line per logging step, so long runs show progress in the Prefect UI's logs; and the
+    step reached, for a caller that shows a progress bar (the task: a Prefect progress artifact)."""
 
-    def __init__(self, log: Callable[[str], None]):
+    def __init__(self, log: Callable[[str], None], progress: Callable[[int, int], None] | None = None):
         self.log = log
+        self.progress = progress
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in logs.items() if isinstance(v, (int, float)))
             self.log(f"train: step {state.global_step}/{state.max_steps}: {shown}")
+        if self.progress:
+            self.progress(state.global_step, state.max_steps)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress:  # the last step need not be a logging step
+            self.progress(state.global_step, state.max_steps)
+
+
+def plot_losses(trainer_state: Path, path: Path, title: str) -> None:
+    """Training and validation loss per step, from the trainer's own log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = json.loads(trainer_state.read_text()).get("log_history", [])
+    fig, ax = plt.subplots(figsize=(6, 3.4), dpi=100)
+    for key, style in (("loss", "-"), ("eval_loss", "o--")):
+        points = [(h["step"], h[key]) for h in history if key in h]
+        if points:
+            ax.plot(*zip(*points), style, label=key)
+    ax.set(xlabel="training step", ylabel="loss", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def lora_config(cfg: TrainingConfig) -> LoraConfig:
@@ -144,6 +172,7 @@ def train(
     cfg: TrainingConfig,
     image_tokens: int,
     log: Callable[[str], None] = print,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Checkpoint]:
     """Train, saving a checkpoint every `save_steps` into `output_dir`; resumes if it holds any."""
     resolve_backend(cfg.backend, log)
@@ -203,7 +232,7 @@ def train(
         eval_dataset=data["validation"] if has_validation else None,
         processing_class=tokenizer,
         data_collator=FusionCollator(tokenizer.pad_token_id, features, clip_dim),
-        callbacks=[ProgressLog(log)],
+        callbacks=[ProgressLog(log, progress)],
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts to stdout; ProgressLog logs them
     resume = any(output_dir.glob("checkpoint-*"))
