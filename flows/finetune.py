@@ -11,6 +11,7 @@ from loretune.flows.stages import preflight, prepare_data, publish_ledger, resol
 from loretune.tasks.evaluation import evaluate_checkpoints, read_baselines, read_promotion, read_table
 from loretune.tasks.training import build_base_model, train
 from loretune.training.backends import runtime
+from loretune.training.base_models import TINY
 
 
 @flow(name="finetune")
@@ -27,7 +28,7 @@ def finetune(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] 
     common = dict(store=store, domain=cfg.domain)
     data = prepare_data(cfg, ledger)
     base = run_stage(build_base_model, ledger, **common, params=cfg.model, source=model_source,
-                     dataset_ref=data["dataset"] if model_source["kind"] == "tiny" else None)
+                     dataset_ref=data["dataset"] if model_source["kind"] == TINY else None)
     maths = runtime(cfg.training.backend)
     checkpoints = run_stage(train, ledger, **common, dataset_ref=data["dataset"], features=data["features"],
                             base=base, params=cfg.training, image_tokens=cfg.model.image_tokens, runtime=maths)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from loretune.fingerprint import code_version
 from loretune.multimodal import fusion
 from loretune.multimodal.clip import read_features
 from loretune.store import ArtifactRef
-from loretune.tasks.stage import StageCache, publish_stage
+from loretune.tasks.stage import StageCache, announce_png, publish_stage
 from loretune.tasks.training import base_model_location
 from loretune.training import chat, dataset, evalsets, evaluate, promotion, stats
 from loretune.training.evalsets import UserSet
@@ -87,10 +86,8 @@ def publish_report(domain: str, ref: ArtifactRef) -> None:
     """The table (baselines beside it), its plot and the promotion, under stable keys."""
     create_table_artifact(key=f"{domain}-evaluation", table=report_rows(read_table(ref), read_baselines(ref)),
                           description=f"accuracy per checkpoint and set, ± standard error (evaluation {ref.version})")
-    png = base64.b64encode((ref.local_path() / PLOT).read_bytes()).decode()
-    create_markdown_artifact(key=f"{domain}-evaluation-plot",
-                             markdown=f"![accuracy per checkpoint](data:image/png;base64,{png})",
-                             description=f"accuracy per checkpoint and set (evaluation {ref.version})")
+    announce_png(f"{domain}-evaluation-plot", ref.local_path() / PLOT, "accuracy per checkpoint",
+                 f"accuracy per checkpoint and set (evaluation {ref.version})")
     decision = read_promotion(ref)
     headline = f"**promoted: `{decision['promoted']}`**" if decision["promoted"] else "**no checkpoint beats the base**"
     create_markdown_artifact(key=f"{domain}-promoted",

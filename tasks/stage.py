@@ -9,6 +9,7 @@ guaranteed miss, and the stage is recomputed rather than trusted from Prefect's 
 
 from __future__ import annotations
 
+import base64
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,12 @@ def announce(domain: str, manifest: dict[str, Any], extra_markdown: str = "") ->
     markdown = f"### {domain} {stage}\n\n| | |\n|---|---|\n" + "\n".join(rows) + "\n" + extra_markdown
     create_markdown_artifact(key=f"{domain}-{stage}", markdown=markdown,
                              description=f"{stage} {manifest['version']}")
+
+
+def announce_png(key: str, png: Path, alt: str, description: str) -> None:
+    """A plot as a markdown artifact (the PNG inlined), so the UI shows it under a stable key."""
+    data = base64.b64encode(png.read_bytes()).decode()
+    create_markdown_artifact(key=key, markdown=f"![{alt}](data:image/png;base64,{data})", description=description)
 
 
 def _counts(manifest: dict[str, Any]) -> str:

@@ -7,20 +7,19 @@ only a finished run is published to the store.
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from loretune.config import ModelConfig, TrainingConfig, state_dir
 from loretune.fingerprint import code_version
 from loretune.multimodal import fusion
 from loretune.multimodal.clip import read_features
 from loretune.store import ArtifactRef
-from loretune.tasks.stage import StageCache, publish_stage, stage_inputs
+from loretune.tasks.stage import StageCache, announce_png, publish_stage, stage_inputs
 from loretune.training import backends, base_models, chat, dataset, sft, tiny_model
 
 BASE_MODEL = StageCache(stage="model", code=code_version(tiny_model, base_models))
@@ -87,7 +86,6 @@ def train(store: str, domain: str, dataset_ref: ArtifactRef, features: ArtifactR
 
     ref = publish_stage(CHECKPOINTS, build)
     shutil.rmtree(scratch, ignore_errors=True)
-    png = base64.b64encode((ref.local_path() / LOSS_PLOT).read_bytes()).decode()
-    create_markdown_artifact(key=f"{domain}-loss-curve", markdown=f"![loss per step](data:image/png;base64,{png})",
-                             description=f"training and validation loss (checkpoints {ref.version})")
+    announce_png(f"{domain}-loss-curve", ref.local_path() / LOSS_PLOT, "loss per step",
+                 f"training and validation loss (checkpoints {ref.version})")
     return ref
