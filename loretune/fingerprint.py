@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+from collections.abc import Iterable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -40,10 +42,29 @@ def digest(value: Any, length: int = VERSION_LENGTH) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:length]
 
 
-def code_version(*modules: ModuleType) -> str:
-    """Hash of the source of the modules a stage runs; any edit to them re-runs the stage."""
+def code_version(*modules: ModuleType, files: Iterable[str | Path] = ()) -> str:
+    """Hash of the source of the modules a stage runs; any edit to them re-runs the stage.
+
+    `files` are data files that act as code: read at run time, they decide what the stage computes
+    (the CLIP architecture JSON that open_clip builds the model from), so an edit to one must re-run
+    the stage just like an edit to a module. Each is hashed by its name and content, never its
+    absolute path, so the version is the same on every machine; their order does not matter. With
+    no files the value is exactly what it was before `files` existed, so no stored artifact of a
+    stage without data files is re-versioned.
+    """
     sources = [inspect.getsource(m) for m in sorted(modules, key=lambda m: m.__name__)]
-    return hashlib.sha256("\n".join(sources).encode()).hexdigest()[:12]
+    payload = "\n".join(sources).encode()
+    for name, content in sorted(_file_digest(Path(f)) for f in files):
+        payload += f"\0file {name} sha256 {content}".encode()
+    return hashlib.sha256(payload).hexdigest()[:12]
+
+
+def _file_digest(path: Path) -> tuple[str, str]:
+    try:
+        return path.name, hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise FileNotFoundError(f"code_version: cannot read {path} ({exc.strerror or exc}); a stage's "
+                                "data file must exist for its version to mean anything") from None
 
 
 def stage_version(stage: str, code: str, inputs: dict[str, Any]) -> str:

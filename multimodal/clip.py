@@ -77,6 +77,20 @@ def load_clip(
     )
 
 
+def project_config_files() -> list[Path]:
+    """The architecture files this module registers with open_clip (`loretune-tiny-vit.json`, ...).
+
+    They decide the model as much as this module's code does, so the features stage hashes them
+    into its code version: an edited architecture must not reuse features built with the old one.
+    Read from `MODEL_CONFIG_DIR` at call time, the folder `_register_project_configs` hands to
+    open_clip, which registers every `*.json` in it.
+    """
+    files = sorted(MODEL_CONFIG_DIR.glob("*.json"))
+    if not files:
+        raise FileNotFoundError(f"no CLIP architecture files (*.json) in {MODEL_CONFIG_DIR}")
+    return files
+
+
 def _register_project_configs() -> None:
     """Make the project's own configs (loretune-tiny-vit) known to open_clip, once.
 

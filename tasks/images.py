@@ -14,8 +14,15 @@ from loretune.multimodal import clip, images
 from loretune.store import ArtifactRef
 from loretune.tasks.stage import StageCache, publish_stage
 
+
+def features_code() -> str:
+    """The features stage's code: the CLIP module and the architecture files it registers with
+    open_clip, since editing `loretune-tiny-vit.json` changes the model as much as editing code."""
+    return code_version(clip, files=clip.project_config_files())
+
+
 IMAGES = StageCache(stage="images", code=code_version(images, http))
-FEATURES = StageCache(stage="features", code=code_version(clip))
+FEATURES = StageCache(stage="features", code=features_code())
 
 
 @task(name="images", cache_policy=IMAGES, persist_result=True)

@@ -147,3 +147,33 @@ def test_code_version_of_several_modules_is_order_independent(tmp_path):
 def test_keys_that_collide_as_strings_are_refused_not_merged():
     with pytest.raises(TypeError, match="collide"):
         canonical({1: "a", "1": "b"})
+
+
+def test_code_version_hashes_data_files_by_name_and_content_not_path(tmp_path):
+    module = load_module(tmp_path, "X = 1\n")
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir(), there.mkdir()
+    (here / "arch.json").write_text('{"embed_dim": 64}')
+    (there / "arch.json").write_text('{"embed_dim": 64}')
+    (here / "other.json").write_text("{}")
+
+    with_file = code_version(module, files=[here / "arch.json"])
+    assert with_file != code_version(module)
+    assert with_file == code_version(module, files=[there / "arch.json"]), "same file elsewhere, same version"
+    assert (code_version(module, files=[here / "arch.json", here / "other.json"])
+            == code_version(module, files=[here / "other.json", here / "arch.json"]))
+    (here / "arch.json").write_text('{"embed_dim": 128}')
+    assert code_version(module, files=[here / "arch.json"]) != with_file
+
+
+def test_code_version_without_files_is_what_it_always_was(tmp_path):
+    # Pinned: adding `files` must not re-version every stage that has none.
+    module = load_module(tmp_path, "X = 1\n")
+    assert code_version(module) == hashlib.sha256(b"X = 1\n").hexdigest()[:12]
+
+
+def test_code_version_refuses_a_missing_data_file(tmp_path):
+    module = load_module(tmp_path, "X = 1\n")
+    with pytest.raises(FileNotFoundError, match="nowhere.json"):
+        code_version(module, files=[tmp_path / "nowhere.json"])
+
