@@ -32,6 +32,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Statuses below 500 that say "not now" rather than "not ever" (every 5xx does too).
+TRANSIENT_STATUSES = frozenset({408, 425, 429})
 # A query parameter whose name looks like this may carry a credential; such URLs lose their query
 # string in messages. Over-matching only costs a less detailed message.
 SECRET_PARAM = re.compile(r"token|secret|key|pass(word|wd)?|signature|credential|auth(?!or)", re.IGNORECASE)
@@ -40,11 +42,17 @@ CHUNK_BYTES = 64 * 1024
 
 
 class SourceError(RuntimeError):
-    """A source could not give us what we asked for; says which URL (secrets removed) and why."""
+    """A source could not give us what we asked for; says which URL (secrets removed) and why.
 
-    def __init__(self, url: str, reason: str):
+    `transient` says whether the same request may well succeed later: a timeout, a dropped
+    connection, a cut-off body, 429 or a 5xx (after this session's own retries). Callers that keep
+    results between runs (the images stage) retry those next run and keep the rest as final.
+    """
+
+    def __init__(self, url: str, reason: str, transient: bool = False):
         self.url = safe_url(url)
         self.reason = reason
+        self.transient = transient
         super().__init__(f"{self.url}: {reason}")
 
 
@@ -176,18 +184,18 @@ class PoliteSession:
             try:
                 response = self._follow(full_url, accept)
             except requests.RequestException as exc:
-                raise SourceError(full_url, _describe(exc, full_url)) from None
+                raise SourceError(full_url, _describe(exc, full_url), transient=_is_transient(exc)) from None
             try:
                 return full_url, response, self._read_body(full_url, response)
             except (requests.exceptions.ChunkedEncodingError, requests.ConnectionError) as exc:
                 attempts = self.requests_made - before
                 if attempts > self.max_retries:
                     raise SourceError(full_url, f"response cut off after {attempts} attempts: "
-                                                f"{_describe(exc, full_url)}") from None
+                                                f"{_describe(exc, full_url)}", transient=True) from None
                 # urllib3's schedule: the first retry at once, then backoff_s * 2^(n-1).
                 time.sleep(self.backoff_s * 2 ** (attempts - 1) if attempts > 1 else 0)
             except requests.RequestException as exc:
-                raise SourceError(full_url, _describe(exc, full_url)) from None
+                raise SourceError(full_url, _describe(exc, full_url), transient=_is_transient(exc)) from None
             finally:
                 response.close()
 
@@ -238,9 +246,11 @@ class PoliteSession:
                 response = self._session.get(url, timeout=self.timeout, stream=True)
                 body = self._read_body(url, response)
             except requests.RequestException as exc:
-                raise SourceError(url, f"robots.txt unreachable ({_describe(exc, url)}); not crawling") from None
+                raise SourceError(url, f"robots.txt unreachable ({_describe(exc, url)}); not crawling",
+                                  transient=_is_transient(exc)) from None
             if response.status_code >= 500:
-                raise SourceError(url, f"robots.txt answered HTTP {response.status_code}; RFC 9309: assume disallowed")
+                raise SourceError(url, f"robots.txt answered HTTP {response.status_code}; RFC 9309: assume disallowed",
+                                  transient=True)
             self._robots[origin] = (Protego.parse(body.decode("utf-8", "replace"))
                                     if response.status_code < 400 else None)
         return self._robots[origin]
@@ -335,7 +345,13 @@ def _raise_for_status(url: str, response: requests.Response, body: bytes) -> Non
     if response.status_code < 400:
         return
     detail = _html_title(body) or _snippet(body)
-    raise SourceError(url, f"HTTP {response.status_code} {response.reason or ''}".rstrip() + detail)
+    raise SourceError(url, f"HTTP {response.status_code} {response.reason or ''}".rstrip() + detail,
+                      transient=response.status_code in TRANSIENT_STATUSES or response.status_code >= 500)
+
+
+def _is_transient(exc: requests.RequestException) -> bool:
+    """Timeouts and connection failures may pass; a malformed URL or a bad encoding will not."""
+    return isinstance(exc, (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError))
 
 
 def _html_title(body: bytes) -> str:

@@ -67,5 +67,15 @@ def _file_digest(path: Path) -> tuple[str, str]:
                                 "data file must exist for its version to mean anything") from None
 
 
-def stage_version(stage: str, code: str, inputs: dict[str, Any]) -> str:
-    return digest({"stage": stage, "code": code, "inputs": inputs})
+def stage_version(stage: str, code: str, inputs: dict[str, Any], attempt: int = 0) -> str:
+    """The version of `stage` for these inputs; `attempt` > 0 names a later try at the same inputs.
+
+    A stage whose artifact can be incomplete for reasons outside its inputs (images that timed out)
+    publishes its next try as a new, immutable version rather than overwriting the stored one; the
+    first try's version is exactly what it always was.
+    """
+    if attempt < 0:
+        raise ValueError(f"attempt {attempt}: must be 0 (the first try) or more")
+    if attempt == 0:
+        return digest({"stage": stage, "code": code, "inputs": inputs})
+    return digest({"stage": stage, "code": code, "inputs": inputs, "attempt": attempt})

@@ -3,6 +3,10 @@
 Images are stored as ``blobs/<sha256>.<ext>`` so the same picture reached through two URLs is kept
 once, and everything downstream (CLIP features, dataset references) can key on content rather than
 on where the picture happened to be found.
+
+A failure is either final (refused content, a 404, a redirect off-site) or transient (a timeout, a
+dropped connection, 429 or 5xx), recorded as such, so a later run can `retry_transient` just those
+URLs instead of keeping a passing outage forever or fetching every image again.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ INDEX_SCHEMA = pa.schema(
         ("mime", pa.string()),
         ("bytes", pa.int64()),
         ("error", pa.string()),
+        ("transient", pa.bool_()),
     ]
 )
 
@@ -46,6 +51,7 @@ class ImageRecord:
     mime: str | None
     bytes: int | None
     error: str | None  # why it was refused or failed, naming the url
+    transient: bool = False  # the failure may pass (timeout, 5xx, ...): worth fetching again later
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,19 @@ class CheckedImage:
 
 class ImageRefused(ValueError):
     """An image we fetched but will not keep; the message says why."""
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """Whether a `get_bytes` failure may pass if tried later.
+
+    An exception that knows says so in a `transient` attribute (the HTTP client's `SourceError`
+    does); otherwise timeouts and connection errors are transient and anything else is final, so an
+    unknown failure is not retried night after night.
+    """
+    transient = getattr(exc, "transient", None)
+    if isinstance(transient, bool):
+        return transient
+    return isinstance(exc, (TimeoutError, ConnectionError))
 
 
 def fetch_images(
@@ -94,6 +113,38 @@ def fetch_images(
     return records
 
 
+def retry_transient(
+    previous: list[ImageRecord],
+    previous_dir: Path,
+    out_dir: Path,
+    get_bytes: Callable[[str], bytes],
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    log: Callable[[str], None] = print,
+) -> tuple[list[ImageRecord], int]:
+    """``previous`` with every transient failure fetched again: (records, how many came good).
+
+    Only those URLs go on the wire; kept images and final failures are taken as they were (their
+    blobs copied from ``previous_dir``), since nothing that decides them has changed. "Came good"
+    counts the URLs whose outcome is now settled, an image or a final refusal; a URL that failed
+    transiently again does not count. When the count is 0 the caller has nothing new to keep and
+    ``out_dir`` may be thrown away, so blobs are only copied once something came good.
+    """
+    retry = [r.url for r in previous if r.error is not None and r.transient]
+    log(f"images: fetching again the {len(retry)} of {len(previous)} images that failed transiently last time")
+    again = {r.url: r for r in fetch_images(retry, out_dir, get_bytes, max_bytes=max_bytes,
+                                             max_pixels=max_pixels, log=log)}
+    settled = sum(1 for r in again.values() if not (r.error is not None and r.transient))
+    if settled == 0:
+        return previous, 0
+    (out_dir / "blobs").mkdir(parents=True, exist_ok=True)
+    for record in previous:
+        if record.url not in again and record.file is not None:
+            _store_once(out_dir / record.file, (previous_dir / record.file).read_bytes())
+    return [again.get(r.url, r) for r in previous], settled
+
+
 def _fetch_one(
     url: str, out_dir: Path, get_bytes: Callable[[str], bytes], *, max_bytes: int, max_pixels: int
 ) -> ImageRecord:
@@ -101,7 +152,7 @@ def _fetch_one(
     try:
         data = get_bytes(url)
     except Exception as exc:  # noqa: BLE001 - whatever the transport raised, it is this url's failure
-        return _failed(url, f"fetch failed: {type(exc).__name__}: {exc}")
+        return _failed(url, f"fetch failed: {type(exc).__name__}: {exc}", transient=is_transient_error(exc))
     try:
         checked = check_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
     except ImageRefused as exc:
@@ -176,10 +227,10 @@ def _store_once(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _failed(url: str, reason: str) -> ImageRecord:
+def _failed(url: str, reason: str, transient: bool = False) -> ImageRecord:
     return ImageRecord(
         url=url, sha256=None, file=None, width=None, height=None, mime=None, bytes=None,
-        error=f"image {url}: {reason}",
+        error=f"image {url}: {reason}", transient=transient,
     )
 
 

@@ -1,4 +1,20 @@
-"""The images and features stages: fetch and validate every image, then embed it with CLIP."""
+"""The images and features stages: fetch and validate every image, then embed it with CLIP.
+
+Images and the outside world. Which images an artifact holds depends on the documents and the
+image limits, but also on the HTTP settings that decide *what* may be fetched (the response size
+cap, the hosts a redirect may reach, robots.txt, the redirect limit), so those are part of the
+version; user agent, timeouts, retries and the politeness interval only decide *how*, and are not.
+
+It also depends on luck: a timeout or a 503 tonight says nothing about the image. So failures are
+recorded as transient or final, and an artifact with transient failures is never a cache hit: the
+next run fetches just those URLs again and, if any settled (an image now, or a final refusal),
+publishes the result as the next attempt of the same inputs, a new version that everything
+downstream picks up. This is the simplest design that keeps the store write-once and the version a
+pure function of what the stage was asked, and still lets an outage heal: no mutable "latest"
+pointer, no re-fetch of images already held, and an artifact without transient failures (final
+ones included, such as a 404 or an oversized file) stays a plain cache hit, so a re-run with
+nothing changed does no work.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +28,10 @@ from loretune.ingest import http
 from loretune.ingest.documents import read_documents
 from loretune.multimodal import clip, images
 from loretune.store import ArtifactRef
-from loretune.tasks.stage import StageCache, publish_stage
+from loretune.tasks.stage import NothingNew, StageCache, publish_stage
+
+# The http settings that change which images the artifact can hold (see the module docstring).
+IMAGES_HTTP_FIELDS = ("max_response_bytes", "allowed_hosts", "respect_robots", "max_redirects")
 
 
 def features_code() -> str:
@@ -21,7 +40,8 @@ def features_code() -> str:
     return code_version(clip, files=clip.project_config_files())
 
 
-IMAGES = StageCache(stage="images", code=code_version(images, http))
+IMAGES = StageCache(stage="images", code=code_version(images, http), http_fields=IMAGES_HTTP_FIELDS,
+                    incomplete_while="transient_failures")
 FEATURES = StageCache(stage="features", code=features_code())
 
 
@@ -33,18 +53,33 @@ def fetch_images(store: str, domain: str, documents: ArtifactRef, params: Images
     if params.max_images is not None:
         urls = urls[: params.max_images]
 
+    def summary(records: list[images.ImageRecord], session: http.PoliteSession) -> dict:
+        failed = [r for r in records if r.error]
+        for record in failed:
+            logger.warning(record.error + (" (transient: tried again next run)" if record.transient else ""))
+        return {"urls": len(records), "images": len({r.sha256 for r in records if r.sha256}),
+                "failed": len(failed), "transient_failures": sum(r.transient for r in failed),
+                "requests": session.requests_made}
+
     def build(out: Path) -> dict:
         session = http.PoliteSession(**http_cfg.model_dump())
         records = images.fetch_images(urls, out, session.get_bytes, max_bytes=params.max_bytes,
                                       max_pixels=params.max_pixels, log=logger.info)
         images.write_index(records, out / "images.parquet")
-        failed = [r for r in records if r.error]
-        for record in failed:
-            logger.warning(record.error)
-        return {"urls": len(records), "images": len({r.sha256 for r in records if r.sha256}),
-                "failed": len(failed), "requests": session.requests_made}
+        return summary(records, session)
 
-    return publish_stage(IMAGES, build)
+    def retry(out: Path, previous: ArtifactRef) -> dict:
+        folder = previous.local_path()
+        session = http.PoliteSession(**http_cfg.model_dump())
+        records, settled = images.retry_transient(images.read_index(folder / "images.parquet"), folder, out,
+                                                  session.get_bytes, max_bytes=params.max_bytes,
+                                                  max_pixels=params.max_pixels, log=logger.info)
+        if not settled:
+            raise NothingNew("every image that failed transiently failed transiently again; tried again next run")
+        images.write_index(records, out / "images.parquet")
+        return {**summary(records, session), "settled": settled}
+
+    return publish_stage(IMAGES, build, retry=retry)
 
 
 @task(name="features", cache_policy=FEATURES, persist_result=True)

@@ -177,3 +177,12 @@ def test_code_version_refuses_a_missing_data_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.json"):
         code_version(module, files=[tmp_path / "nowhere.json"])
 
+
+def test_a_later_attempt_is_another_version_and_the_first_is_unchanged():
+    inputs = {"seed": 0}
+    assert stage_version("images", "c", inputs, attempt=0) == stage_version("images", "c", inputs)
+    assert stage_version("images", "c", inputs) == digest({"stage": "images", "code": "c", "inputs": inputs})
+    versions = {stage_version("images", "c", inputs, attempt=n) for n in range(4)}
+    assert len(versions) == 4
+    with pytest.raises(ValueError, match="attempt -1"):
+        stage_version("images", "c", inputs, attempt=-1)

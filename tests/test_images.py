@@ -16,7 +16,7 @@ import pytest
 import requests
 from PIL import Image
 
-from loretune.multimodal.images import ImageRecord, fetch_images, read_index, write_index
+from loretune.multimodal.images import ImageRecord, fetch_images, read_index, retry_transient, write_index
 
 LIMITS = {"max_bytes": 200_000, "max_pixels": 300 * 300}
 
@@ -243,3 +243,60 @@ def test_index_round_trip_with_only_failures(tmp_path: Path) -> None:
     write_index(records, path)
 
     assert read_index(path) == records
+
+
+def test_failures_are_marked_transient_or_final_and_survive_the_index(tmp_path: Path) -> None:
+    class Busy(Exception):
+        transient = True
+
+    failures = {"http://x/timeout.png": TimeoutError("read timed out"), "http://x/busy.png": Busy("HTTP 503"),
+                "http://x/gone.png": FileNotFoundError("HTTP 404")}
+    data = {"http://x/bad.png": b"not an image"}
+
+    def get_bytes(url: str) -> bytes:
+        if url in failures:
+            raise failures[url]
+        return data[url]
+
+    records = fetch_images([*failures, *data], tmp_path, get_bytes, log=lambda _: None, **LIMITS)
+    assert {r.url: r.transient for r in records} == {
+        "http://x/timeout.png": True, "http://x/busy.png": True, "http://x/gone.png": False, "http://x/bad.png": False}
+    write_index(records, tmp_path / "images.parquet")
+    assert read_index(tmp_path / "images.parquet") == records
+
+
+def test_retry_fetches_only_transient_failures_and_keeps_the_rest(tmp_path: Path) -> None:
+    kept, late = _png(10, 10, (1, 1, 1)), _png(12, 12, (2, 2, 2))
+    down = {"http://x/late.png", "http://x/later.png"}
+    asked: list[str] = []
+
+    def get_bytes(url: str) -> bytes:
+        asked.append(url)
+        if url in down:
+            raise TimeoutError("read timed out")
+        if url == "http://x/gone.png":
+            raise FileNotFoundError("HTTP 404")
+        return {"http://x/kept.png": kept, "http://x/late.png": late, "http://x/later.png": late}[url]
+
+    urls = ["http://x/kept.png", "http://x/late.png", "http://x/gone.png", "http://x/later.png"]
+    first_dir = tmp_path / "first"
+    first = fetch_images(urls, first_dir, get_bytes, log=lambda _: None, **LIMITS)
+    assert [r.transient for r in first] == [False, True, False, True]
+
+    asked.clear()
+    same, settled = retry_transient(first, first_dir, tmp_path / "again", get_bytes, log=lambda _: None, **LIMITS)
+    assert (same, settled) == (first, 0), "still down: nothing settled, the stored records stand"
+    assert asked == ["http://x/late.png", "http://x/later.png"]
+
+    down.discard("http://x/late.png")
+    asked.clear()
+    second_dir = tmp_path / "second"
+    second, settled = retry_transient(first, first_dir, second_dir, get_bytes, log=lambda _: None, **LIMITS)
+    assert asked == ["http://x/late.png", "http://x/later.png"], "the kept and the final ones are not asked again"
+    assert settled == 1
+    assert [r.url for r in second] == urls
+    assert second[0] == first[0] and second[2] == first[2]
+    assert second[1].error is None and second[1].sha256 == hashlib.sha256(late).hexdigest()
+    assert second[3].transient and second[3].error is not None
+    assert (second_dir / second[0].file).read_bytes() == kept, "the kept image travels into the new artifact"
+    assert (second_dir / second[1].file).read_bytes() == late

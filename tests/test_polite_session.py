@@ -89,3 +89,28 @@ def test_api_answers_carry_no_validator_so_they_are_never_served_stale(samples, 
         client = session(cache_dir=tmp_path / "cache", respect_robots=False)
         client.get_json(url, params)
         assert client.cached_responses == 0
+
+
+def test_errors_say_whether_trying_again_later_can_help(samples):
+    """The images stage retries transient failures next run and keeps final ones: the client decides which."""
+    image = f"{samples.base_url}/fandom/images/Naruto%20Uzumaki.png"
+    client = session(max_retries=0)
+
+    samples.inject("/fandom/images/", "503")
+    with pytest.raises(SourceError, match="HTTP 503") as busy:
+        client.get_bytes(image)
+    samples.inject("/fandom/images/", "429")
+    with pytest.raises(SourceError, match="HTTP 429") as throttled:
+        client.get_bytes(image)
+    with pytest.raises(SourceError) as unreachable:  # nothing listens on port 9
+        client.get_bytes("http://127.0.0.1:9/x.png")
+    assert busy.value.transient and throttled.value.transient and unreachable.value.transient
+
+    with pytest.raises(SourceError, match="HTTP 404") as missing:
+        client.get_bytes(f"{samples.base_url}/fandom/images/No%20such%20file.png")
+    with pytest.raises(SourceError, match="byte limit") as too_big:
+        session(max_response_bytes=10).get_bytes(image)
+    samples.inject("/fandom/images/", "offsite")
+    with pytest.raises(SourceError, match="refused") as offsite:
+        client.get_bytes(image)
+    assert not (missing.value.transient or too_big.value.transient or offsite.value.transient)
