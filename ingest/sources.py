@@ -7,6 +7,14 @@ bad night never shrinks the corpus; only when every enabled source failed is not
 A source may also hand back `state` for its next run (Fandom: where in recentchanges to resume).
 It is published with the documents it describes, and comes back through `Stored` next time, so
 state and documents can never disagree: a run that publishes nothing leaves both as they were.
+
+What a source builds on must be its own past: `Stored` is the newest version of the same domain
+(the store may hold several), and each source's report records its *scope*, the configured URLs its
+documents came from (`SCOPES`). A source is offered the stored state and documents only when the
+stored scope equals the configured one, so a failing source never inherits another wiki's pages or
+the sample server's; otherwise it starts from nothing, and, if it fails, carries nothing forward and
+says why (`not_carried`). Only the site is compared, not categories, subreddits or videos: within
+one site the last good documents are still the best stand-in for a failed night.
 """
 
 from __future__ import annotations
@@ -32,18 +40,38 @@ class SourceReport:
     bytes: int = 0
     error: str | None = None
     carried_forward: int = 0
+    carried_from: str | None = None  # the documents version they were carried from
+    not_carried: str | None = None  # why a failed source carried nothing forward
     cached: int = 0  # responses that came from the HTTP cache (mostly 304 Not Modified)
     stats: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+    scope: dict[str, Any] = field(default_factory=dict)  # where this source's documents come from
 
 
 @dataclass
 class Stored:
-    """The newest stored documents version: each source's state, and a reader for its documents
-    (called only when a source needs them: an incremental update or a failure)."""
+    """The newest stored documents version of this domain: each source's state and scope, and a
+    reader for its documents (called only when a source needs them: an incremental update or a
+    failure). `version` None means there is none, and `absent` says why."""
 
     states: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     read: Callable[[], Sequence[Document]] = tuple
+    scopes: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)
+    version: str | None = None
+    absent: str = "no stored documents version"
+
+    def refusal(self, name: str, scope: Mapping[str, Any]) -> str | None:
+        """Why source `name`, configured with `scope`, may not build on this version; None if it may."""
+        if self.version is None:
+            return self.absent
+        recorded = self.scopes.get(name)
+        if recorded is None:
+            return f"documents {self.version} does not record where its {name} documents came from"
+        if dict(recorded) != dict(scope):
+            changed = sorted(k for k in {*recorded, *scope} if recorded.get(k) != scope.get(k))
+            return (f"documents {self.version} has {name} documents from another source scope ("
+                    + "; ".join(f"{k}: {recorded.get(k)!r} then, {scope.get(k)!r} now" for k in changed) + ")")
+        return None
 
 
 @dataclass
@@ -91,15 +119,29 @@ def _sportskeeda(sources: SourcesConfig, session: PoliteSession, http: HttpConfi
 
 RUNNERS: dict[str, Runner] = {"fandom": _fandom, "reddit": _reddit, "youtube": _youtube, "sportskeeda": _sportskeeda}
 
+# Each source's scope: the configured URLs its documents come from (JSON values: it is stored in the
+# manifest and compared with the config on the next run).
+Scope = Callable[[SourcesConfig], dict[str, Any]]
+SCOPES: dict[str, Scope] = {
+    "fandom": lambda s: {"api_url": s.fandom.api_url},
+    "reddit": lambda s: {"oauth_url": s.reddit.oauth_url, "reddit_url": s.reddit.reddit_url},
+    "youtube": lambda s: {"info_url": s.youtube.info_url},
+    "sportskeeda": lambda s: {"base_url": s.sportskeeda.base_url, "feed_url": s.sportskeeda.feed_url,
+                              "sitemap_urls": list(s.sportskeeda.sitemap_urls)},
+}
+
 
 def collect(sources: SourcesConfig, http: HttpConfig, log: Log = print, previous: Callable[[], Stored] = Stored,
             runners: Mapping[str, Runner] = RUNNERS, cache_dir: Path | None = None,
+            scopes: Mapping[str, Scope] = SCOPES,
             ) -> tuple[list[Document], dict[str, SourceReport]]:
-    """Every enabled source's documents; a failed source's come from the stored version instead.
+    """Every enabled source's documents; a failed source's come from the stored version instead,
+    if that version's documents of the source came from the same scope (see the module docstring).
 
     `previous` is called once; its documents are read at most once, and only if a source needs
     them (to update them incrementally, or to carry them forward after a failure).
     `cache_dir` keeps an HTTP cache between runs (conditional requests); None means no cache.
+    `scopes` gives each runner's scope; a runner without one has the empty scope.
     """
     documents: list[Document] = []
     reports: dict[str, SourceReport] = {}
@@ -107,16 +149,21 @@ def collect(sources: SourcesConfig, http: HttpConfig, log: Log = print, previous
     read_stored = cache(lambda: list(stored.read()))
     for name, run in runners.items():
         section = getattr(sources, name, None)
+        scope = scopes[name](sources) if name in scopes else {}
         if section is not None and not section.enabled:
-            reports[name] = SourceReport("skipped", error="disabled in config")
+            reports[name] = SourceReport("skipped", error="disabled in config", scope=scope)
             continue
         session = PoliteSession(**http.model_dump(), cache_dir=cache_dir)
-        state = dict(stored.states.get(name) or {})
-        prior = Prior(state, lambda name=name: [doc for doc in read_stored() if doc.source == name])
+        refusal = stored.refusal(name, scope)
+        if refusal is None:
+            state = dict(stored.states.get(name) or {})
+            prior = Prior(state, lambda name=name: [doc for doc in read_stored() if doc.source == name])
+        else:  # not its own past: start from nothing, as on the first run
+            state, prior = {}, Prior({}, list)
         try:
             docs, stats, new_state = run(sources, session, http, prior, log)
         except SourceSkipped as exc:
-            reports[name] = SourceReport("skipped", error=str(exc))
+            reports[name] = SourceReport("skipped", error=str(exc), scope=scope)
             log(f"{name}: skipped: {exc}")
             continue
         except Exception as exc:  # any failure of one source is reported, not raised
@@ -124,13 +171,18 @@ def collect(sources: SourcesConfig, http: HttpConfig, log: Log = print, previous
             documents += kept
             reports[name] = SourceReport("failed", len(kept), session.requests_made, session.bytes_received,
                                          error=f"{type(exc).__name__}: {exc}", carried_forward=len(kept),
-                                         cached=session.cached_responses, state=state)
-            log(f"{name}: FAILED: {exc} (keeping its {len(kept)} documents from the previous version)")
+                                         carried_from=stored.version if refusal is None else None,
+                                         not_carried=refusal, cached=session.cached_responses, state=state,
+                                         scope=scope)
+            if refusal is None:
+                log(f"{name}: FAILED: {exc} (keeping its {len(kept)} documents from documents {stored.version})")
+            else:
+                log(f"{name}: FAILED: {exc} (nothing carried forward: {refusal})")
             continue
         documents += docs
         requests = max(session.requests_made, stats.get("requests", 0))  # praw counts its own
         reports[name] = SourceReport("ok", len(docs), requests, session.bytes_received,
-                                     cached=session.cached_responses, stats=stats, state=new_state)
+                                     cached=session.cached_responses, stats=stats, state=new_state, scope=scope)
     attempted = [r for r in reports.values() if r.status != "skipped"]
     if attempted and all(r.status == "failed" for r in attempted):
         raise AllSourcesFailed("every source failed: " + "; ".join(

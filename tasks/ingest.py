@@ -1,8 +1,12 @@
 """The documents stage: ask every source, publish a new version only if the content changed.
 
 Ingest cannot know whether a source changed without asking it, so this task is never cached. Its
-version is the corpus content hash, so an unchanged night publishes nothing and every downstream
-stage keys on the same version and is a cache hit.
+version is a hash of the domain and the corpus content, so an unchanged night publishes nothing and
+every downstream stage keys on the same version and is a cache hit.
+
+The domain is in the version and in the manifest because one store may hold several domains: a
+domain resumes from, and carries failed sources forward from, its own newest version only, and two
+domains that happen to gather the same corpus still get a version (and manifest) each.
 """
 
 from __future__ import annotations
@@ -34,18 +38,23 @@ def ingest_documents(store: str, domain: str, sources_cfg: SourcesConfig, http_c
     artifacts = ArtifactStore(store)
     runners = {**sources.RUNNERS,
                "reddit": partial(sources.RUNNERS["reddit"], env=_reddit_env(sources_cfg.reddit.credentials_block))}
-    docs, reports = sources.collect(sources_cfg, http_cfg, log=logger.info, previous=lambda: _latest(artifacts),
+    docs, reports = sources.collect(sources_cfg, http_cfg, log=logger.info,
+                                    previous=lambda: _latest(artifacts, domain),
                                     runners=runners, cache_dir=state_dir() / "http-cache")
-    summaries = {name: {k: v for k, v in dataclasses.asdict(r).items() if k not in ("stats", "state")}
+    summaries = {name: {k: v for k, v in dataclasses.asdict(r).items() if k not in ("stats", "state", "scope")}
                  for name, r in reports.items()}
     create_table_artifact(key=f"{domain}-sources", table=[{"source": n, **row} for n, row in summaries.items()],
                           description="what each source returned in this run")
-    failed = [name for name, row in summaries.items() if row["status"] == "failed"]
-    if failed:
+    failed = {name: row for name, row in summaries.items() if row["status"] == "failed"}
+    kept = [name for name, row in failed.items() if not row["not_carried"]]
+    lost = [f"{name} ({row['not_carried']})" for name, row in failed.items() if row["not_carried"]]
+    if kept:
         logger.warning("sources failed and kept their documents from the previous version: %s "
-                       "(see the %s-sources artifact)", ", ".join(failed), domain)
+                       "(see the %s-sources artifact)", ", ".join(kept), domain)
+    if lost:
+        logger.warning("sources failed with nothing to carry forward: %s", "; ".join(lost))
 
-    version = digest({"stage": STAGE, "corpus": documents.corpus_hash(docs)})
+    version = digest({"stage": STAGE, "domain": domain, "corpus": documents.corpus_hash(docs)})
     if artifacts.exists(STAGE, version):
         logger.info("documents unchanged (%s documents, version %s); nothing published", len(docs), version)
         return artifacts.ref(STAGE, version)
@@ -55,6 +64,7 @@ def ingest_documents(store: str, domain: str, sources_cfg: SourcesConfig, http_c
         return {"documents": len(docs), **{f"{name}_documents": r.documents for name, r in reports.items()}}
 
     manifest = artifacts.publish(STAGE, version, build, manifest_fields={
+        "domain": domain,
         "inputs": {},
         "parameters": canonical({"sources": sources_cfg}),
         "code_version": CODE,
@@ -89,13 +99,25 @@ def _reddit_env(block: str | None) -> Callable[[], Mapping[str, str]]:
     return load
 
 
-def _latest(artifacts: ArtifactStore) -> sources.Stored:
-    """The newest stored corpus: where incremental sources resume, and what a failed source's
-    documents are carried forward from."""
+def _latest(artifacts: ArtifactStore, domain: str) -> sources.Stored:
+    """The newest stored corpus of `domain`: where incremental sources resume, and what a failed
+    source's documents are carried forward from (each source's only if its scope still matches).
+
+    Versions of other domains are never used, nor ones from before manifests recorded their domain:
+    nothing says which domain those were, and a wrong guess would put one fandom's pages in another's
+    corpus. (Their sources' scopes are not recorded either.)
+    """
     versions = artifacts.versions(STAGE)
-    if not versions:
-        return sources.Stored()
-    manifest = versions[-1]
-    states = {name: report.get("state") or {} for name, report in manifest.get("sources", {}).items()}
-    return sources.Stored(states, lambda: documents.read_documents(
-        artifacts.local_path(STAGE, manifest["version"]) / "documents.parquet"))
+    mine = [m for m in versions if m.get("domain") == domain]
+    if not mine:
+        others = len(versions) - len(mine)
+        return sources.Stored(absent=f"no stored documents version of domain {domain!r}" + (
+            f" ({others} of other domains, or recording no domain, are never used)" if others else ""))
+    manifest = mine[-1]
+    reports = manifest.get("sources", {})
+    return sources.Stored(
+        states={name: report.get("state") or {} for name, report in reports.items()},
+        read=lambda: documents.read_documents(artifacts.local_path(STAGE, manifest["version"]) / "documents.parquet"),
+        scopes={name: report.get("scope") for name, report in reports.items()},
+        version=manifest["version"],
+    )

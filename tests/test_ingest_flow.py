@@ -50,16 +50,71 @@ def test_the_reddit_secret_never_reaches_anything_written(ingest, tmp_path, capf
         assert CANARY not in text, f"the Reddit client secret leaked into {where}"
 
 
-def test_a_failing_source_does_not_sink_the_others_and_keeps_its_documents(ingest, tmp_path):
+def test_a_failing_source_does_not_sink_the_others_and_keeps_its_documents(ingest, samples, tmp_path):
     first = ingest()
-    broken = ingest(**{"sources.sportskeeda.feed_url": "http://127.0.0.1:9/feed",
-                       "sources.sportskeeda.sitemap_urls": []})
+    samples.inject("/sportskeeda", "offsite", times=100)  # the site is down tonight; the config is the same
+    try:
+        broken = ingest()
+    finally:
+        samples.clear_faults()
     assert broken["stages"]["documents"]["version"] == first["stages"]["documents"]["version"], \
         "same content: nothing new published, nothing lost"
     rows = {row["source"]: row for row in latest_table("naruto-sources")}  # what this run saw
-    assert rows["sportskeeda"]["status"] == "failed" and "127.0.0.1:9" in rows["sportskeeda"]["error"]
+    assert rows["sportskeeda"]["status"] == "failed" and "refused" in rows["sportskeeda"]["error"]
     assert rows["sportskeeda"]["carried_forward"] == 6
+    assert rows["sportskeeda"]["carried_from"] == first["stages"]["documents"]["version"]
     assert rows["fandom"]["status"] == rows["youtube"]["status"] == rows["reddit"]["status"] == "ok"
+
+
+def source_documents(store: Path, version: str) -> dict[str, int]:
+    from loretune.ingest.documents import read_documents
+
+    docs = read_documents(ArtifactStore(store).local_path("documents", version) / "documents.parquet")
+    return {source: sum(d.source == source for d in docs) for source in {d.source for d in docs}}
+
+
+def test_two_domains_share_a_store_but_never_each_others_documents(ingest, samples, tmp_path):
+    store = tmp_path / "store"
+    naruto = ingest()["stages"]["documents"]["version"]
+    samples.inject("/fandom/api.php", "offsite")  # domain b's wiki fails on its first run
+    try:
+        b_first = ingest(domain="b")["stages"]["documents"]["version"]
+    finally:
+        samples.clear_faults()
+    fandom = ArtifactStore(store).manifest("documents", b_first)["sources"]["fandom"]
+    assert fandom["status"] == "failed" and fandom["carried_forward"] == 0
+    assert fandom["not_carried"] == "no stored documents version of domain 'b' (1 of other domains, or recording no domain, are never used)"
+    assert "fandom" not in source_documents(store, b_first), "naruto's wiki pages stay naruto's"
+    assert source_documents(store, naruto)["fandom"] == 30
+    assert {m["version"]: m["domain"] for m in ArtifactStore(store).versions("documents")} == {naruto: "naruto",
+                                                                                               b_first: "b"}
+
+    b_good = ingest(domain="b")["stages"]["documents"]["version"]
+    assert b_good != naruto, "the same corpus in another domain is another version, with its own manifest"
+    samples.inject("/fandom/api.php", "offsite")
+    try:
+        b_bad = ingest(domain="b")["stages"]["documents"]["version"]
+    finally:
+        samples.clear_faults()
+    rows = {row["source"]: row for row in latest_table("b-sources")}
+    assert b_bad == b_good and rows["fandom"]["carried_from"] == b_good and rows["fandom"]["carried_forward"] == 30, \
+        "b's own past is carried forward"
+
+
+def test_documents_from_the_sample_sources_are_not_inherited_by_a_run_against_another_url(ingest, tmp_path):
+    store = tmp_path / "store"
+    first = ingest()["stages"]["documents"]["version"]
+    assert source_documents(store, first)["fandom"] == 30
+    real = ingest(**{"sources.fandom.api_url": "http://127.0.0.1:9/api.php", "http.max_retries": 0})
+    version = real["stages"]["documents"]["version"]
+    fandom = ArtifactStore(store).manifest("documents", version)["sources"]["fandom"]
+    assert fandom["status"] == "failed" and fandom["carried_forward"] == 0 and fandom["carried_from"] is None
+    assert "api_url" in fandom["not_carried"] and "127.0.0.1:9/api.php' now" in fandom["not_carried"]
+    assert fandom["scope"] == {"api_url": "http://127.0.0.1:9/api.php"}
+    assert "fandom" not in source_documents(store, version)
+    assert source_documents(store, version)["sportskeeda"] == 6, "the other sources ran as usual"
+    rows = {row["source"]: row for row in latest_table("naruto-sources")}
+    assert rows["fandom"]["not_carried"] == fandom["not_carried"], "the run's sources table says why too"
 
 
 def all_artifacts_text() -> str:

@@ -44,9 +44,13 @@ def test_failed_source_documents_are_carried_forward_while_others_refresh(sample
     lines = []
     runners = {"fandom": sources.RUNNERS["fandom"], "fandom_mirror": sources.RUNNERS["fandom"]}
     reads = []
-    docs, reports = sources.collect(cfg, HTTP, log=lines.append, runners=runners,
-                                    previous=lambda: sources.Stored(read=lambda: reads.append(1) or previous))
+    scope = sources.SCOPES["fandom"](cfg)
+    stored = sources.Stored(read=lambda: reads.append(1) or previous, scopes={"fandom": scope}, version="v1")
+    docs, reports = sources.collect(cfg, HTTP, log=lines.append, runners=runners, previous=lambda: stored,
+                                    scopes={"fandom": sources.SCOPES["fandom"], "fandom_mirror": sources.SCOPES["fandom"]})
     assert reports["fandom"].status == "failed" and reports["fandom"].carried_forward == 2
+    assert reports["fandom"].carried_from == "v1" and reports["fandom"].not_carried is None
+    assert reports["fandom"].scope == scope == {"api_url": f"{samples.base_url}/fandom/api.php"}
     assert reports["fandom_mirror"].status == "ok" and reports["fandom_mirror"].documents == 30
     assert {d.id for d in docs if d.id in {"1", "2"}} == {"1", "2"}
     assert any("keeping its 2 documents" in line for line in lines)
@@ -61,3 +65,58 @@ def test_a_good_run_never_reads_the_stored_corpus(samples):
         raise AssertionError("read the stored corpus although no source failed")
     docs, reports = sources.collect(cfg, HTTP, log=lambda m: None, previous=lambda: sources.Stored(read=unexpected))
     assert reports["fandom"].status == "ok" and len(docs) == 30
+
+
+def fandom_only(api_url: str) -> SourcesConfig:
+    return SourcesConfig.model_validate({"fandom": {"api_url": api_url}, "reddit": {"enabled": False},
+                                         "youtube": {"enabled": False}, "sportskeeda": {"enabled": False}})
+
+
+def failing_fandom(seen: list) -> dict:
+    def crawl(*args, **kwargs):
+        seen.append(kwargs)
+        raise RuntimeError("boom")
+
+    # and a source that works, since a run where every source fails publishes nothing at all
+    return {"fandom": lambda sources_cfg, session, http, prior, log: crawl(state=prior.state, stored=prior.documents),
+            "other": lambda sources_cfg, session, http, prior, log: ([doc("other", "9")], {}, {})}
+
+
+def test_a_failed_source_does_not_inherit_documents_from_another_scope():
+    """The stored fandom documents came from the sample server; tonight's config asks another wiki."""
+    sample = fandom_only("http://127.0.0.1:8765/fandom/api.php")
+    stored = sources.Stored(states={"fandom": {"scope": "x", "since": "2026-01-01T00:00:00Z"}},
+                            read=lambda: pytest.fail("read documents of another scope"),
+                            scopes={"fandom": sources.SCOPES["fandom"](sample)}, version="v1")
+    lines, seen = [], []
+    cfg = fandom_only("https://onepiece.fandom.com/api.php")
+    _, reports = sources.collect(cfg, HTTP, log=lines.append, previous=lambda: stored, runners=failing_fandom(seen))
+    report = reports["fandom"]
+    assert report.status == "failed" and report.carried_forward == 0 and report.carried_from is None
+    assert report.state == {} and seen[0]["state"] == {} and seen[0]["stored"]() == [], "no state or documents offered"
+    assert "another source scope" in report.not_carried
+    assert "'http://127.0.0.1:8765/fandom/api.php' then, 'https://onepiece.fandom.com/api.php' now" in report.not_carried
+    assert any("nothing carried forward" in line and "onepiece" in line for line in lines)
+    assert report.scope == {"api_url": "https://onepiece.fandom.com/api.php"}, "recorded for the next run"
+
+
+@pytest.mark.parametrize(("stored", "why"), [
+    (sources.Stored(read=lambda: [doc("fandom", "1")]), "no stored documents version"),
+    (sources.Stored(read=lambda: [doc("fandom", "1")], scopes={}, version="v0"),
+     "documents v0 does not record where its fandom documents came from"),
+], ids=["no version", "no scope recorded"])
+def test_nothing_is_carried_without_proof_of_where_it_came_from(stored, why):
+    _, reports = sources.collect(fandom_only("http://x/api.php"), HTTP, log=lambda m: None,
+                                 previous=lambda: stored, runners=failing_fandom([]))
+    assert reports["fandom"].carried_forward == 0 and reports["fandom"].not_carried == why
+
+
+def test_the_same_scope_gets_its_state_and_documents_back():
+    cfg = fandom_only("http://x/api.php")
+    state = {"scope": "s", "since": "2026-01-01T00:00:00Z"}
+    stored = sources.Stored(states={"fandom": state}, read=lambda: [doc("fandom", "1"), doc("reddit", "2")],
+                            scopes={"fandom": {"api_url": "http://x/api.php"}}, version="v1")
+    seen = []
+    _, reports = sources.collect(cfg, HTTP, log=lambda m: None, previous=lambda: stored, runners=failing_fandom(seen))
+    assert seen[0]["state"] == state and [d.id for d in seen[0]["stored"]()] == ["1"]
+    assert reports["fandom"].carried_forward == 1 and reports["fandom"].carried_from == "v1"
