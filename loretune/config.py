@@ -142,6 +142,7 @@ class ModelConfig(Section):
     base: str = Field("tiny", min_length=1)
     revision: str | None = Field(None, description="branch, tag or commit of a Hugging Face id; resolved to a sha")
     tiny: TinyModelConfig = TinyModelConfig()
+    chat_template: str | None = Field(None, description="a Jinja chat template replacing the model's own")
     image_tokens: int = Field(2, ge=1, le=64, description="soft tokens one image becomes")
 
 
@@ -200,6 +201,10 @@ class EvaluationConfig(Section):
     # User-supplied sets: JSON (a list) or JSONL of {question, choices, answer}; named by file stem.
     sets: list[str] = []
     promote: PromotionConfig = PromotionConfig()
+    # Asked, greedily, of the base and of the promoted checkpoint after evaluation (the before /
+    # after artifact); empty: the first three questions of the facts set.
+    probe_questions: list[str] = Field([], max_length=10)
+    probe_max_new_tokens: int = Field(48, ge=1, le=512)
 
 
 class LoretuneConfig(Section):

@@ -7,6 +7,7 @@ only a finished run is published to the store.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -21,8 +22,9 @@ from loretune.multimodal.clip import read_features
 from loretune.store import ArtifactRef
 from loretune.tasks.stage import StageCache, announce_png, publish_stage, stage_inputs
 from loretune.training import backends, base_models, chat, dataset, sft, tiny_model
+from loretune.training import scratch as scratch_dirs
 
-BASE_MODEL = StageCache(stage="model", code=code_version(tiny_model, base_models))
+BASE_MODEL = StageCache(stage="model", code=code_version(tiny_model, base_models, chat))
 CHECKPOINTS = StageCache(stage="checkpoints", code=code_version(sft, chat, backends, fusion))
 LOSS_PLOT = "loss.png"
 
@@ -45,13 +47,18 @@ def build_base_model(store: str, domain: str, dataset_ref: ArtifactRef | None, p
             texts = dataset.corpus_texts(dataset_ref.local_path())
             sizes = tiny_model.build_and_save(texts, out, **params.tiny.model_dump())
             logger.info("built the tiny model: %s parameters, vocabulary %s", f"{sizes['parameters']:,}", sizes["vocab_size"])
-            return {**sizes, "base": "tiny"}
-        logger.info("model: materialising %s (%s) as safetensors", params.base, source["kind"])
-        provenance = base_models.materialise(params.base, source, out)
-        logger.info("model: %s parameters, hidden size %s, licence %s", f"{provenance['parameters']:,}",
-                    provenance["hidden_size"], provenance.get("licence", "see the source"))
-        return {"parameters": provenance["parameters"], "hidden_size": provenance["hidden_size"],
-                "base": params.base, "source": provenance}
+            counts = {**sizes, "base": "tiny"}
+        else:
+            logger.info("model: materialising %s (%s) as safetensors", params.base, source["kind"])
+            provenance = base_models.materialise(params.base, source, out)
+            logger.info("model: %s parameters, hidden size %s, licence %s", f"{provenance['parameters']:,}",
+                        provenance["hidden_size"], provenance.get("licence", "see the source"))
+            counts = {"parameters": provenance["parameters"], "hidden_size": provenance["hidden_size"],
+                      "base": params.base, "source": provenance}
+        fmt = base_models.prepare_chat(out, params.chat_template, params.base)
+        logger.info("model: chat format: system role %s%s", "native" if fmt.system_role else "folded into the user turn",
+                    f", template variables fixed {fmt.template_kwargs}" if fmt.template_kwargs else "")
+        return {**counts, "chat_format": dataclasses.asdict(fmt)}
 
     return publish_stage(BASE_MODEL, build)
 
@@ -62,10 +69,13 @@ def train(store: str, domain: str, dataset_ref: ArtifactRef, features: ArtifactR
     """`runtime` (backend, device, dtype, library versions) is part of the version: a new torch or
     a GPU machine trains anew rather than reusing checkpoints made under other maths."""
     logger = get_run_logger()
-    scratch = state_dir() / "work" / f"checkpoints-{CHECKPOINTS.version(stage_inputs())}"
+    scratch = state_dir() / "work" / f"{scratch_dirs.PREFIX}{CHECKPOINTS.version(stage_inputs())}"
     vectors = read_features(features.local_path() / "features.parquet")
 
     def build(out: Path) -> dict:
+        scratch_dirs.claim(scratch)
+        for name in scratch_dirs.clean_others(scratch):
+            logger.info("train: removed %s, scratch of another version whose run is gone", name)
         bar = create_progress_artifact(progress=0.0, key=f"{domain}-training",
                                        description=f"training step of {params.max_steps}")
 

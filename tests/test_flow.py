@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from loretune.config import ConfigError
+from recipes import TINY
 from loretune.store import MANIFEST, ArtifactStore, content_hash
 
-FAST = {"training.max_steps": 4, "training.save_steps": 2, "evaluation.batch_size": 32}
+FAST = {**TINY, "training.max_steps": 4, "training.save_steps": 2, "evaluation.batch_size": 32}
 STAGES = ["documents", "images", "features", "dataset", "model", "checkpoints", "evaluation"]
 
 

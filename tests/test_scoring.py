@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from loretune.multimodal.fusion import attach_projector
+from loretune.multimodal.fusion import ImageProjector, attach_projector
 from loretune.training import evaluate, promotion, stats
 from loretune.training.backends import load_base
 from loretune.training.sft import FusionCollator
@@ -115,7 +115,7 @@ def test_scoring_gathers_only_labelled_positions():
         def __init__(self):
             super().__init__()
             self.embed = torch.nn.Embedding(50, 4)
-            self.image_projector = torch.nn.Linear(8, 8)
+            self.image_projector = ImageProjector(8, 4, 1, image_token_id=49)
 
         def get_input_embeddings(self):
             return self.embed

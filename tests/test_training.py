@@ -6,6 +6,7 @@ facts unreachable, or the projector untrained, a short run would not beat step 0
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -19,7 +20,7 @@ from loretune.multimodal import fusion
 from loretune.multimodal.fusion import attach_projector, fuse
 from loretune.training import dataset as ds
 from loretune.training import evalsets
-from loretune.training.chat import IGNORE, encode_chat
+from loretune.training.chat import IGNORE, ChatFormat, add_image_token, encode_chat
 from loretune.training.evaluate import evaluate_checkpoints
 from loretune.training.sft import RESUME_ONLY, label_check, publish_checkpoints, train
 from loretune.training.tiny_model import build_and_save, build_tiny_llama, train_tokenizer
@@ -68,29 +69,78 @@ def test_label_check_counts_what_teaches_nothing_and_refuses_training_that_learn
         label_check([encoded[1]["labels"]], [True], max_length=40)
 
 
-def test_text_only_rows_are_unaffected_by_the_image_prefix(tokenizer):
-    model = build_tiny_llama(tokenizer, **TINY).eval()
-    attach_projector(model, clip_dim=8, n_tokens=3, seed=0)
-    ids = torch.tensor([tokenizer("Ayo Uzumaki is a ninja")["input_ids"]] * 2)
-    mask = torch.ones_like(ids)
-    with torch.no_grad():
-        plain = model(input_ids=ids, attention_mask=mask).logits
-        alone = model(**fuse(model, ids, mask, torch.randn(2, 8), torch.tensor([False, False]))).logits
-        beside_an_image = model(**fuse(model, ids, mask, torch.randn(2, 8), torch.tensor([True, False]))).logits
-    assert torch.equal(plain, alone), "a batch without images must be exactly the plain model"
-    # In a batch with an image the row carries a masked prefix: positions shift, predictions don't.
-    assert torch.equal(plain[1].argmax(-1), beside_an_image[1, 3:].argmax(-1))
-    torch.testing.assert_close(torch.softmax(plain[1], -1), torch.softmax(beside_an_image[1, 3:], -1), atol=1e-4, rtol=0)
+def _placeholder_ids(tokenizer, n_tokens: int, text: str) -> tuple[list[int], int]:
+    token_id = add_image_token(tokenizer)
+    fmt = ChatFormat()
+    messages = fmt.with_image([{"role": "user", "content": text}], n_tokens)
+    return fmt.ids(tokenizer, messages, add_generation_prompt=True), token_id
 
 
-def test_an_image_changes_what_the_model_predicts(tokenizer):
+def test_the_image_enters_at_its_placeholder_inside_the_user_turn(tokenizer):
+    tokenizer = copy.deepcopy(tokenizer)
+    ids, token_id = _placeholder_ids(tokenizer, 3, "Name this picture.")
+    assert ids.count(token_id) == 3
+    user = tokenizer.convert_tokens_to_ids("<|user|>")
+    assert ids.index(user) < ids.index(token_id), "after the turn marker, not before BOS"
     model = build_tiny_llama(tokenizer, **TINY).eval()
-    attach_projector(model, clip_dim=8, n_tokens=2, seed=0)
-    ids = torch.tensor([tokenizer("Name this picture.")["input_ids"]] * 2)
+    attach_projector(model, clip_dim=8, n_tokens=3, seed=0, image_token_id=token_id)
+    text = tokenizer("Ayo Uzumaki is a ninja")["input_ids"]
+    width = max(len(ids), len(text))
+    batch = torch.tensor([ids + [0] * (width - len(ids)), text + [0] * (width - len(text))])
+    mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)), [1] * len(text) + [0] * (width - len(text))])
+    features = torch.randn(2, 8)
     with torch.no_grad():
-        fused = fuse(model, ids, torch.ones_like(ids), torch.randn(2, 8), torch.tensor([True, True]))
+        plain = model(input_ids=torch.tensor([text])).logits[0]
+        fused = fuse(model, batch, mask, features)
         logits = model(**fused).logits
-    assert not torch.allclose(logits[0, -1], logits[1, -1])
+        other = model(**fuse(model, batch, mask, torch.randn(2, 8))).logits
+    assert fused["inputs_embeds"].shape[:2] == batch.shape, "no prefix: the soft tokens replace the placeholders"
+    torch.testing.assert_close(logits[1, : len(text)], plain, atol=1e-5, rtol=0)  # the text row is the plain model's
+    soft = model.image_projector(features[:1])[0]
+    slots = (batch[0] == token_id).nonzero().squeeze(1)
+    torch.testing.assert_close(fused["inputs_embeds"][0, slots], soft)
+    assert not torch.allclose(logits[0, len(ids) - 1], other[0, len(ids) - 1]), "the image changes the prediction"
+    with torch.no_grad():
+        plain_batch = torch.tensor([text])
+        assert torch.equal(model(**fuse(model, plain_batch, torch.ones_like(plain_batch), torch.randn(1, 8))).logits[0],
+                           plain), "a batch without images is exactly the plain model"
+
+
+def test_a_row_whose_placeholders_were_cut_is_refused(tokenizer):
+    tokenizer = copy.deepcopy(tokenizer)
+    ids, token_id = _placeholder_ids(tokenizer, 3, "Name this picture.")
+    model = build_tiny_llama(tokenizer, **TINY).eval()
+    attach_projector(model, clip_dim=8, n_tokens=3, seed=0, image_token_id=token_id)
+    cut = torch.tensor([ids[: ids.index(token_id) + 2]])
+    with pytest.raises(ValueError, match="exactly 3 placeholder tokens"):
+        fuse(model, cut, torch.ones_like(cut), torch.randn(1, 8))
+
+
+def test_the_projector_stays_small_for_a_4096_wide_model():
+    counted = fusion.projector_parameters(clip_dim=512, hidden_size=4096, n_tokens=2)
+    holder = torch.nn.Module()
+    holder.get_input_embeddings = lambda: torch.nn.Embedding(2, 4096)
+    projector = fusion.attach_projector(holder, clip_dim=512, n_tokens=2, seed=0)
+    assert sum(p.numel() for p in projector.parameters()) == counted
+    assert counted < 1.5e6, "linear in the hidden size, not hidden^2 x tokens (a plain MLP would be 35M)"
+
+
+def test_the_label_check_sees_what_trl_trains_on(tmp_path, tokenizer):
+    """TRL builds the labels (completion_only_loss); encode_chat, which the label check uses,
+    must agree with it token for token."""
+    from trl import SFTConfig, SFTTrainer
+
+    fmt = ChatFormat()
+    rows = [r["messages"] for r in ds.training_examples([page(i) for i in range(6)], SYSTEM, max_answer_chars=200)][:12]
+    data = Dataset.from_list([fmt.as_prompt_completion(m) for m in rows])
+    model = build_tiny_llama(tokenizer, **TINY)
+    args = SFTConfig(output_dir=str(tmp_path), max_length=48, completion_only_loss=True, report_to="none",
+                     use_cpu=True, bf16=False, gradient_checkpointing=False)
+    prepared = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer).train_dataset
+    ours = [encode_chat(tokenizer, m, 48, fmt) for m in rows]
+    ours = [e for e in ours if any(label != IGNORE for label in e["labels"])]
+    assert [r["labels"] for r in prepared] == [e["labels"] for e in ours]
+    assert [r["input_ids"] for r in prepared] == [e["input_ids"] for e in ours]
 
 
 def test_eval_questions_never_appear_in_training_but_their_facts_do(tmp_path):
@@ -160,7 +210,7 @@ def test_short_training_beats_step_zero_and_saves_the_projector(tmp_path):
             assert str(tmp_path) not in path.read_text(), f"{path} names a machine path"
     with safe_open(str(checkpoints[-1].path / "adapter_model.safetensors"), "pt") as f:
         keys = list(f.keys())
-    assert any("image_projector" in k and "net" in k for k in keys), "the projector must be saved with the adapter"
+    assert any("image_projector" in k and "expand" in k for k in keys), "the projector must be saved with the adapter"
     assert any("feature_mean" in k for k in keys), "so must the feature standardisation it was trained with"
 
     def ask(question: str, right: str, wrong: str, page_: ds.LorePage, image: str = "") -> dict:

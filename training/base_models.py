@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from loretune.training.chat import ChatFormat, add_image_token, inspect_template
+
 PROVENANCE_FILE = "loretune_model.json"
 TINY = "tiny"
 
@@ -151,6 +153,21 @@ def materialise(base: str, source: dict[str, Any], out_dir: Path) -> dict[str, A
                       chat_template=bool(tokenizer.chat_template))
     (out_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True))
     return provenance
+
+
+def prepare_chat(out_dir: Path, chat_template: str | None, name: str) -> ChatFormat:
+    """Fix the model folder's chat format: the configured template if any, the image placeholder
+    token, and how loretune must use the template (`chat.inspect_template`), recorded beside it."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    fmt = inspect_template(tokenizer, "model.chat_template" if chat_template else f"model {name!r}")
+    add_image_token(tokenizer)
+    tokenizer.save_pretrained(out_dir)
+    fmt.save(out_dir)
+    return fmt
 
 
 def _from_gguf(path: Path) -> tuple[Any, Any]:

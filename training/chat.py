@@ -1,34 +1,145 @@
-"""Chat examples to token ids and loss labels, shared by training and evaluation.
+"""The model's own chat format, made safe to train and score with.
 
-The loss covers the assistant's answer only. The boundary is found by rendering the conversation
-without its answer (with the generation prompt) and checking it is a prefix of the full render,
-which works for any tokenizer's chat template, not only ones with `{% generation %}` markers.
-Evaluation scores an option with the very same split, so train and eval see identical prompts.
+The chat template comes with the model (ChatML for SmolLM2), or from `model.chat_template`. The
+model stage inspects it once (`inspect_template`) and records in the model folder how loretune must
+use it, so training, evaluation, export and a chat UI all render conversations the same way:
+
+- a template that rejects a system role gets the system prompt folded into the first user turn;
+- a template that writes today's date (Llama 3's `strftime_now`) gets a fixed `date_string`, so
+  the same data renders to the same tokens tomorrow; one that offers no way to fix it is refused;
+- an image enters as `image_tokens` copies of one placeholder token at the start of the user turn
+  (LLaVA-style); `multimodal.fusion.fuse` swaps them for the projector's soft tokens.
+
+The loss covers the assistant's answer only, through TRL's own prompt/completion format
+(`as_prompt_completion` rows, `completion_only_loss`). `encode_chat` computes the same split for
+the label check before training starts, and evaluation scores an option as that same completion.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 IGNORE = -100
+FORMAT_FILE = "loretune_chat.json"
+# A string no corpus contains; added to the tokenizer as one special token. Its id never reaches
+# the embedding table (fuse replaces it), so the base model's vocabulary and weights are unchanged.
+IMAGE_TOKEN = "<|loretune_image|>"
+FIXED_DATE = "01 Jan 2026"  # what a date-writing template is told today is, always
 
 
-def _ids(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
-    out = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
-    return list(out["input_ids"] if hasattr(out, "keys") else out)
+class ChatTemplateError(ValueError):
+    """The chat template cannot be used for training as it is; the message says why and what to do."""
 
 
-def encode_chat(tokenizer: Any, messages: list[dict[str, str]], max_length: int) -> dict[str, list[int]]:
-    """`messages` ends with the assistant's answer; labels mask everything before it."""
+@dataclass(frozen=True)
+class ChatFormat:
+    system_role: bool = True
+    template_kwargs: dict[str, str] = field(default_factory=dict)
+    image_token: str = IMAGE_TOKEN
+
+    @classmethod
+    def load(cls, model_dir: Path) -> "ChatFormat":
+        path = Path(model_dir) / FORMAT_FILE
+        return cls(**json.loads(path.read_text())) if path.exists() else cls()
+
+    def save(self, model_dir: Path) -> None:
+        (Path(model_dir) / FORMAT_FILE).write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+
+    def messages(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """`messages` as this template takes them: a refused system turn folded into the first user turn."""
+        if self.system_role or not messages or messages[0]["role"] != "system":
+            return [dict(m) for m in messages]
+        system, rest = messages[0]["content"], [dict(m) for m in messages[1:]]
+        for message in rest:
+            if message["role"] == "user":
+                message["content"] = f"{system}\n\n{message['content']}" if system else message["content"]
+                break
+        return rest
+
+    def with_image(self, messages: list[dict[str, str]], n_tokens: int) -> list[dict[str, str]]:
+        """The first user turn opens with the image's placeholder tokens."""
+        out = [dict(m) for m in messages]
+        for message in out:
+            if message["role"] == "user":
+                message["content"] = self.image_token * n_tokens + "\n" + message["content"]
+                return out
+        raise ValueError("an image needs a user turn to sit in")
+
+    def render(self, tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(self.messages(messages), tokenize=False,
+                                             add_generation_prompt=add_generation_prompt, **self.template_kwargs)
+
+    def ids(self, tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+        out = tokenizer.apply_chat_template(self.messages(messages), tokenize=True,
+                                            add_generation_prompt=add_generation_prompt, **self.template_kwargs)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+    def as_prompt_completion(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+        """A training example in TRL's conversational prompt/completion format."""
+        if not messages or messages[-1]["role"] != "assistant":
+            raise ValueError(f"a training example must end with an assistant turn, got {messages[-1:]}")
+        row: dict[str, Any] = {"prompt": self.messages(messages[:-1]), "completion": [dict(messages[-1])]}
+        if self.template_kwargs:
+            row["chat_template_kwargs"] = dict(self.template_kwargs)
+        return row
+
+
+def inspect_template(tokenizer: Any, template_name: str) -> ChatFormat:
+    """How loretune must use this tokenizer's chat template; refuses one it cannot use safely."""
+    template = tokenizer.chat_template
+    if not template:
+        raise ChatTemplateError(f"{template_name} has no chat template; set model.chat_template to one "
+                                "(a Jinja string, e.g. ChatML)")
+    if not isinstance(template, str):
+        raise ChatTemplateError(f"{template_name} has several named chat templates; set model.chat_template "
+                                "to the one to train with")
+    kwargs: dict[str, str] = {}
+    if "strftime_now" in template:
+        if "date_string" not in template:
+            raise ChatTemplateError(
+                f"the chat template of {template_name} writes today's date (strftime_now) and offers no "
+                "date_string to fix it, so the same data would train on different tokens each day; set "
+                "model.chat_template to a template without the date")
+        kwargs["date_string"] = FIXED_DATE
+    probe = [{"role": role, "content": f"loretune probe {role}"} for role in ("system", "user", "assistant")]
+    fmt = ChatFormat(system_role=True, template_kwargs=kwargs)
+    try:
+        rendered = fmt.render(tokenizer, probe, add_generation_prompt=False)
+        system_role = "loretune probe system" in rendered
+    except Exception:  # Jinja's TemplateError: raise_exception("System role not supported")
+        system_role = False
+    fmt = ChatFormat(system_role=system_role, template_kwargs=kwargs)
+    try:
+        rendered = fmt.render(tokenizer, probe, add_generation_prompt=False)
+    except Exception as exc:
+        raise ChatTemplateError(f"the chat template of {template_name} cannot render a (system, user, "
+                                f"assistant) conversation: {exc}") from None
+    if not all(message["content"] in rendered for message in probe):
+        raise ChatTemplateError(f"the chat template of {template_name} drops part of a conversation")
+    return fmt
+
+
+def add_image_token(tokenizer: Any) -> int:
+    """The placeholder as one special token; its id (past the model's vocabulary is fine)."""
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+
+def encode_chat(tokenizer: Any, messages: list[dict[str, str]], max_length: int,
+                fmt: ChatFormat | None = None) -> dict[str, Any]:
+    """Token ids and completion-only labels, as TRL builds them from `as_prompt_completion` rows;
+    and whether `max_length` cut the answer. Used for the label check before training."""
+    fmt = fmt or ChatFormat()
     if not messages or messages[-1]["role"] != "assistant":
         raise ValueError(f"a training example must end with an assistant turn, got {messages[-1:]}")
-    prompt = _ids(tokenizer, messages[:-1], add_generation_prompt=True)
-    full = _ids(tokenizer, messages, add_generation_prompt=False)
-    if full[: len(prompt)] != prompt:
-        raise ValueError("chat template renders the prompt differently with and without the answer")
-    # A prompt that fills max_length leaves nothing to learn: all labels IGNORE, counted by the
-    # caller's label check rather than failing the whole run for one long example.
+    prompt = fmt.ids(tokenizer, messages[:-1], add_generation_prompt=True)
+    full = fmt.ids(tokenizer, messages, add_generation_prompt=False)
+    start = next((i for i, (a, b) in enumerate(zip(prompt, full)) if a != b), min(len(prompt), len(full)))
     truncated = len(full) > max_length
     full = full[:max_length]
-    labels = [IGNORE] * min(len(prompt), max_length) + full[len(prompt):]
+    labels = [IGNORE] * min(start, max_length) + full[start:]
     return {"input_ids": full, "labels": labels, "truncated": truncated}

@@ -3,8 +3,10 @@
 Scoring follows lm-evaluation-harness's multiple-choice semantics exactly, so a number here means
 what it means there (a test runs lm-eval itself on the same items and model and compares):
 
-- the context is the chat template's rendering of (system, question) with the generation prompt;
-  each choice is a continuation, scored as the assistant's reply;
+- the context is the chat template's rendering of (system, question) with the generation prompt,
+  in the model's recorded chat format (`training.chat.ChatFormat`: the same as training's), with an
+  image's placeholder tokens in the user turn; each choice is a continuation, scored as the
+  assistant's reply;
 - context and continuation are encoded together and split at the context's length, with the
   context's trailing whitespace moved onto the continuation (lm-eval's `_encode_pair`);
 - `acc` takes the choice with the highest summed log-likelihood; `acc_norm` divides that by the
@@ -32,7 +34,7 @@ from peft import PeftModel
 
 from loretune.multimodal.fusion import attach_projector, fuse
 from loretune.training.backends import default_device, load_base
-from loretune.training.chat import IGNORE
+from loretune.training.chat import IGNORE, ChatFormat, add_image_token
 from loretune.training.sft import MULTIMODAL_FILE, Checkpoint, FusionCollator
 from loretune.training.stats import mcnemar_p, mean_stderr, paired_difference
 
@@ -44,9 +46,13 @@ TABLE_COLUMNS = ["step", "checkpoint", "set", "n", "dropped", "acc", "acc_stderr
 # --- requests: lm-eval's encoding ---------------------------------------------------------------
 
 
-def chat_context(tokenizer: Any, system: str, question: str) -> str:
+def chat_context(tokenizer: Any, system: str, question: str, fmt: ChatFormat | None = None,
+                 image_tokens: int = 0) -> str:
+    fmt = fmt or ChatFormat()
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if image_tokens:
+        messages = fmt.with_image(messages, image_tokens)
+    return fmt.render(tokenizer, messages, add_generation_prompt=True)
 
 
 def tok_encode(tokenizer: Any, text: str) -> list[int]:
@@ -77,10 +83,14 @@ class Requests:
     dropped: int = 0
 
 
-def build_requests(items: Sequence[dict[str, Any]], tokenizer: Any, system: str, max_length: int) -> Requests:
+def build_requests(items: Sequence[dict[str, Any]], tokenizer: Any, system: str, max_length: int,
+                   fmt: ChatFormat | None = None, features: dict[str, Any] | None = None,
+                   image_tokens: int = 0) -> Requests:
+    """`features`: the items whose image has features get its placeholder, as in training."""
     requests = Requests()
     for index, item in enumerate(items):
-        context = chat_context(tokenizer, system, item["question"])
+        pictured = bool(features) and (item.get("image_sha256") or "") in features
+        context = chat_context(tokenizer, system, item["question"], fmt, image_tokens if pictured else 0)
         pairs = [encode_pair(tokenizer, context, choice) for choice in item["choices"]]
         if any(len(c) + len(x) > max_length or not x for c, x in pairs):
             requests.dropped += 1  # never score a truncated (or empty) choice
@@ -107,8 +117,7 @@ def loglikelihoods(model: Any, rows: list[dict[str, Any]], collator: FusionColla
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         batch = {k: v.to(device) for k, v in collator([rows[i] for i in chunk]).items()}
-        fused = fuse(model, batch["input_ids"], batch["attention_mask"], batch["image_features"],
-                     batch["has_image"], batch["labels"])
+        fused = fuse(model, batch["input_ids"], batch["attention_mask"], batch["image_features"], batch["labels"])
         logits = model(inputs_embeds=fused["inputs_embeds"], attention_mask=fused["attention_mask"]).logits
         labels = fused["labels"][:, 1:]
         mask = labels != IGNORE
@@ -190,14 +199,16 @@ def evaluate_checkpoints(
     spec = json.loads((checkpoints[0].path.parent / MULTIMODAL_FILE).read_text())
     device = default_device()
     tokenizer, model = load_base(base_model, device, attn_implementation)
+    fmt = ChatFormat.load(Path(base_model))
     attach_projector(model, spec["clip_dim"], spec["image_tokens"], seed=spec["projector_seed"],
-                     stats=spec.get("feature_stats"))
+                     stats=spec.get("feature_stats"), image_token_id=add_image_token(tokenizer))
     model = PeftModel.from_pretrained(model, str(checkpoints[0].path), adapter_name=_name(checkpoints[0]))
     for checkpoint in checkpoints[1:]:
         model.load_adapter(str(checkpoint.path), adapter_name=_name(checkpoint))
     model.eval()
 
-    requests = {name: build_requests(items, tokenizer, system, max_length) for name, items in sets.items()}
+    requests = {name: build_requests(items, tokenizer, system, max_length, fmt, features, spec["image_tokens"])
+                for name, items in sets.items()}
     for name, r in requests.items():
         if r.dropped:
             log(f"evaluate: {name}: {r.dropped} of {len(sets[name])} items do not fit max_length={max_length}; dropped")

@@ -1,9 +1,11 @@
 """LoRA fine-tuning with PEFT + TRL's SFTTrainer, images fused into the input embeddings.
 
-TRL owns the loop (optimiser, schedule, checkpointing every `save_steps`, resuming). The only
-addition is `FusionSFTTrainer.compute_loss`, which turns (token ids, CLIP features) into input
-embeddings with the image prefix before TRL's own loss runs. The projector trains and saves with
-the adapter through PEFT's `modules_to_save`.
+TRL owns the loop (optimiser, schedule, checkpointing every `save_steps`, resuming) and the data:
+examples go in as conversational prompt/completion rows, and TRL's own tokenisation with
+`completion_only_loss` puts the loss on the assistant's answer only, truncates to `max_length` and
+drops examples left with nothing to learn. The one addition is `FusionSFTTrainer.compute_loss`,
+which swaps each image's placeholder tokens for the projector's soft tokens before TRL's loss runs.
+The projector trains and saves with the adapter through PEFT's `modules_to_save`.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
 from loretune.config import TrainingConfig
-from loretune.multimodal.fusion import PROJECTOR_NAME, attach_projector, feature_stats, fuse
+from loretune.multimodal.fusion import PROJECTOR_NAME, attach_projector, feature_stats, fuse, projector_parameters
 from loretune.training.backends import default_device, load_base, resolve_backend
-from loretune.training.chat import IGNORE, encode_chat
+from loretune.training.chat import IGNORE, ChatFormat, add_image_token, encode_chat
 
 MULTIMODAL_FILE = "loretune_multimodal.json"
 LABELS_FILE = "label_check.json"
@@ -38,7 +40,9 @@ class Checkpoint:
 
 
 class FusionCollator:
-    """Pads token ids and labels, and looks up each row's CLIP features by image sha256."""
+    """Pads token ids and labels, and looks up each row's CLIP features by image sha256.
+
+    Written here rather than taken from TRL: its collator knows nothing of image features."""
 
     def __init__(self, pad_id: int, features: dict[str, np.ndarray], clip_dim: int):
         self.pad_id = pad_id
@@ -55,7 +59,6 @@ class FusionCollator:
             "input_ids": torch.tensor([pad(r["input_ids"], self.pad_id) for r in rows]),
             "attention_mask": torch.tensor([pad([1] * len(r["input_ids"]), 0) for r in rows]),
             "image_features": torch.zeros(len(rows), self.clip_dim),
-            "has_image": torch.zeros(len(rows), dtype=torch.bool),
         }
         if "labels" in rows[0]:
             batch["labels"] = torch.tensor([pad(r["labels"], IGNORE) for r in rows])
@@ -63,7 +66,6 @@ class FusionCollator:
             vector = self.features.get(row.get("image_sha256") or "")
             if vector is not None:
                 batch["image_features"][i] = torch.tensor(vector, dtype=torch.float32)
-                batch["has_image"][i] = True
         return batch
 
 
@@ -74,7 +76,6 @@ class FusionSFTTrainer(SFTTrainer):
             inputs["input_ids"],
             inputs["attention_mask"],
             inputs["image_features"],
-            inputs["has_image"],
             inputs["labels"],
         )
         return super().compute_loss(model, fused, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
@@ -132,18 +133,26 @@ def lora_config(cfg: TrainingConfig) -> LoraConfig:
     )
 
 
-def encode_splits(dataset_dir: Path, tokenizer: Any, max_length: int) -> tuple[DatasetDict, dict[str, Any]]:
-    """Token ids and labels for both splits, without examples that teach nothing; and the label check."""
-    splits = DatasetDict.load_from_disk(str(dataset_dir / "sft"))
+def prompt_completion_splits(dataset_dir: Path, fmt: ChatFormat, features: dict[str, np.ndarray],
+                             image_tokens: int) -> DatasetDict:
+    """Both splits as TRL prompt/completion rows in the model's chat format, an image's placeholder
+    in the user turn where its features exist."""
+    # In memory: `map` would otherwise write cache files into the (immutable) dataset artifact,
+    # and so would TRL's own tokenisation of the result.
+    splits = DatasetDict.load_from_disk(str(dataset_dir / "sft"), keep_in_memory=True)
 
-    def encode(row: dict[str, Any]) -> dict[str, Any]:
-        return {**encode_chat(tokenizer, row["messages"], max_length), "image_sha256": row["image_sha256"]}
+    def convert(row: dict[str, Any]) -> dict[str, Any]:
+        image = row["image_sha256"] or ""
+        messages = fmt.with_image(row["messages"], image_tokens) if image in features else row["messages"]
+        return {**fmt.as_prompt_completion(messages), "image_sha256": image}
 
-    # In memory: `map` would otherwise write cache files into the (immutable) dataset artifact.
-    encoded = splits.map(encode, remove_columns=splits["train"].column_names, keep_in_memory=True)
-    report = label_check(encoded["train"]["labels"], encoded["train"]["truncated"], max_length)
-    kept = encoded.filter(lambda row: any(label != IGNORE for label in row["labels"]), keep_in_memory=True)
-    return kept, report
+    return splits.map(convert, remove_columns=splits["train"].column_names, keep_in_memory=True)
+
+
+def check_labels(rows: Any, tokenizer: Any, fmt: ChatFormat, max_length: int) -> dict[str, Any]:
+    """The label check on the very rows TRL will tokenise (see `label_check`)."""
+    encoded = [encode_chat(tokenizer, row["prompt"] + row["completion"], max_length, fmt) for row in rows]
+    return label_check([e["labels"] for e in encoded], [e["truncated"] for e in encoded], max_length)
 
 
 def label_check(labels: list[list[int]], truncated: list[bool], max_length: int) -> dict[str, Any]:
@@ -178,14 +187,18 @@ def train(
     resolve_backend(cfg.backend, log)
     device = default_device()
     tokenizer, model = load_base(base_model, device, cfg.attn_implementation)
+    fmt = ChatFormat.load(Path(base_model))
     stats = feature_stats(np.stack(list(features.values())) if features else np.zeros((0, clip_dim)))
-    attach_projector(model, clip_dim, image_tokens, seed=cfg.seed, stats=stats)
+    projector = attach_projector(model, clip_dim, image_tokens, seed=cfg.seed, stats=stats,
+                                 image_token_id=add_image_token(tokenizer))
     torch.manual_seed(cfg.seed)
     model = get_peft_model(model, lora_config(cfg))
     trainable, total = model.get_nb_trainable_parameters()
-    log(f"train: {trainable:,} trainable of {total:,} parameters (LoRA r={cfg.lora.r} + image projector)")
+    log(f"train: {trainable:,} trainable of {total:,} parameters (LoRA r={cfg.lora.r} + image projector "
+        f"{sum(p.numel() for p in projector.parameters()):,})")
 
-    data, labels = encode_splits(dataset_dir, tokenizer, cfg.max_length)
+    data = prompt_completion_splits(dataset_dir, fmt, features, image_tokens)
+    labels = check_labels(data["train"], tokenizer, fmt, cfg.max_length)
     log(f"train: label check: {labels['no_trainable_tokens']} of {labels['examples']} examples teach nothing, "
         f"{labels['truncated_answers']} lose part of their answer to max_length={cfg.max_length}")
     has_validation = "validation" in data and len(data["validation"]) > 0
@@ -194,6 +207,7 @@ def train(
     (output_dir / LABELS_FILE).write_text(json.dumps(labels, indent=2))
     (output_dir / MULTIMODAL_FILE).write_text(json.dumps(
         {"clip_dim": clip_dim, "image_tokens": image_tokens, "projector_seed": cfg.seed,
+         "projector_parameters": projector_parameters(clip_dim, projector.hidden_size, image_tokens),
          "feature_stats": stats, "base_model": base_label(base_model)}
     ))
     args = SFTConfig(
@@ -223,7 +237,10 @@ def train(
         use_cpu=device == "cpu",
         dataloader_pin_memory=False,
         remove_unused_columns=False,
-        dataset_kwargs={"skip_prepare_dataset": True},
+        completion_only_loss=True,
+        # Validation needs the loss only. Without this the Trainer gathers every validation
+        # example's logits (examples x length x vocabulary: 5 GB for SmolLM2's 49k vocabulary).
+        prediction_loss_only=True,
     )
     trainer = FusionSFTTrainer(
         model=model,
@@ -235,10 +252,15 @@ def train(
         callbacks=[ProgressLog(log, progress)],
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts to stdout; ProgressLog logs them
-    resume = any(output_dir.glob("checkpoint-*"))
-    if resume:
-        log(f"train: resuming from the last checkpoint in {output_dir}")
-    trainer.train(resume_from_checkpoint=resume or None)
+    if len(trainer.train_dataset) != labels["examples"] - labels["no_trainable_tokens"]:
+        log(f"train: warning: TRL kept {len(trainer.train_dataset)} examples, the label check expected "
+            f"{labels['examples'] - labels['no_trainable_tokens']}")
+    for partial in discard_incomplete(output_dir):
+        log(f"train: removed {partial}, left half-written by an interrupted save")
+    last = list_checkpoints(output_dir)
+    if last:
+        log(f"train: resuming from {last[-1].path.name} (step {last[-1].step} of {cfg.max_steps})")
+    trainer.train(resume_from_checkpoint=str(last[-1].path) if last else None)
     return list_checkpoints(output_dir)
 
 
@@ -279,6 +301,23 @@ def publish_checkpoints(output_dir: Path, out: Path) -> list[Checkpoint]:
     return published
 
 
+# The Trainer writes a checkpoint's files one by one and this one last: a folder without it was
+# cut short by a kill, and resuming from it would fail (or worse, load a torn optimizer state).
+COMPLETE_MARKER = "trainer_state.json"
+
+
 def list_checkpoints(output_dir: Path) -> list[Checkpoint]:
-    found = [Checkpoint(int(p.name.split("-")[1]), p) for p in output_dir.glob("checkpoint-*") if p.is_dir()]
+    """The complete checkpoints in `output_dir`, oldest first."""
+    found = [Checkpoint(int(p.name.split("-")[1]), p) for p in output_dir.glob("checkpoint-*")
+             if p.is_dir() and (p / COMPLETE_MARKER).is_file()]
     return sorted(found, key=lambda c: c.step)
+
+
+def discard_incomplete(output_dir: Path) -> list[str]:
+    """Remove checkpoint folders a kill left half-written, so a retry resumes from the last whole one."""
+    removed = []
+    for path in sorted(output_dir.glob("checkpoint-*")):
+        if path.is_dir() and not (path / COMPLETE_MARKER).is_file():
+            shutil.rmtree(path)
+            removed.append(path.name)
+    return removed
