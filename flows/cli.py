@@ -94,6 +94,7 @@ def run(config: str = CONFIG, store: Optional[str] = STORE, set: list[str] = SET
     _print_stages(result)
     typer.echo("")
     _print_evaluation(result["evaluation"], result["baselines"], result["promotion"])
+    _print_before_after(result.get("before_after"))
 
 
 @app.command()
@@ -125,7 +126,7 @@ def report(flow_run: str = typer.Option(..., "--flow-run", help="flow run id")) 
     """The stage versions and per-checkpoint evaluation table of a finetune flow run."""
     from loretune.flows.stages import read_ledger
     from loretune.store import ArtifactRef
-    from loretune.tasks.evaluation import read_baselines, read_promotion, read_table
+    from loretune.tasks.evaluation import read_baselines, read_before_after, read_promotion, read_table
 
     ledger = read_ledger(flow_run)
     stages = {row["stage"]: row for row in ledger}
@@ -136,6 +137,16 @@ def report(flow_run: str = typer.Option(..., "--flow-run", help="flow run id")) 
     typer.echo("")
     ref = ArtifactRef(store, "evaluation", stages["evaluation"]["version"])
     _print_evaluation(read_table(ref), read_baselines(ref), read_promotion(ref))
+    _print_before_after(read_before_after(ref))
+
+
+def _print_before_after(compared: dict | None) -> None:
+    """The base's and the fine-tuned checkpoint's greedy answers to the probe questions."""
+    if not compared:
+        return
+    typer.echo(f"\nbefore / after ({compared['checkpoint']}{'' if compared['promoted'] else ', not promoted'}):")
+    for answer in compared["answers"]:
+        typer.echo(f"  Q: {answer['question']}\n     base:       {answer['base']}\n     fine-tuned: {answer['tuned']}")
 
 
 def _print_stages(result: dict) -> None:

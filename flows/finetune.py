@@ -8,7 +8,8 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed
 
 from loretune.flows.stages import preflight, prepare_data, publish_ledger, resolve_config, run_stage
-from loretune.tasks.evaluation import evaluate_checkpoints, read_baselines, read_promotion, read_table
+from loretune.tasks.evaluation import (evaluate_checkpoints, read_baselines, read_before_after, read_promotion,
+                                       read_table)
 from loretune.tasks.training import build_base_model, train
 from loretune.training.backends import runtime
 from loretune.training.base_models import TINY
@@ -39,7 +40,8 @@ def finetune(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] 
     publish_ledger(f"{cfg.domain}-run", ledger, store)
     promotion = read_promotion(evaluation)
     result = {"store": store, "stages": ledger, "evaluation": read_table(evaluation),
-              "baselines": read_baselines(evaluation), "promotion": promotion}
+              "baselines": read_baselines(evaluation), "promotion": promotion,
+              "before_after": read_before_after(evaluation)}
     if promotion["promoted"] is None:  # cached or not, every run says so: in its log and its state
         get_run_logger().warning("%s", promotion["reason"])
         return Completed(message=promotion["reason"], data=result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -17,15 +18,16 @@ from loretune.multimodal.clip import read_features
 from loretune.store import ArtifactRef
 from loretune.tasks.stage import StageCache, announce_png, publish_stage
 from loretune.tasks.training import base_model_location
-from loretune.training import chat, dataset, evalsets, evaluate, promotion, stats
+from loretune.training import before_after, chat, dataset, evalsets, evaluate, promotion, stats
 from loretune.training.evalsets import UserSet
 from loretune.training.sft import list_checkpoints
 
-EVALUATION = StageCache(stage="evaluation", code=code_version(evaluate, chat, fusion, evalsets, promotion, stats))
+EVALUATION = StageCache(stage="evaluation", code=code_version(evaluate, chat, fusion, evalsets, promotion, stats, before_after))
 TABLE = "evaluation.csv"
 BASELINES = "baselines.json"
 PER_ITEM = "per_item.jsonl"
 PLOT = "accuracy.png"
+BEFORE_AFTER = "before_after.json"
 
 
 @task(name="evaluate", cache_policy=EVALUATION, persist_result=True)
@@ -50,9 +52,25 @@ def evaluate_checkpoints(store: str, domain: str, checkpoints: ArtifactRef, data
         evaluate.plot(result.table, baselines, out / PLOT, title=f"{domain}: accuracy per checkpoint, per set")
         decision = promotion.promote(result.table, baselines, params.promote.set, params.promote.metric)
         (logger.info if decision["promoted"] else logger.warning)("evaluate: %s", decision["reason"])
+        compare(out, decision, sets)
         return {"checkpoints": len({r["step"] for r in result.table}) - 1,
                 **{f"{name}_items": len(items) for name, items in sets.items()},
                 "promoted": decision["promoted"], "promotion": decision}
+
+    def compare(out: Path, decision: dict, sets: dict) -> None:
+        """Before / after: the base's and the promoted (else the last) checkpoint's greedy answers."""
+        found = list_checkpoints(checkpoints.local_path())
+        chosen = next((c for c in found if c.path.name == decision["promoted"]), found[-1])
+        questions = params.probe_questions or [item["question"] for item in sets.get("facts", [])[:3]]
+        answers = before_after.greedy_answers(base_model_location(base), chosen.path, questions,
+                                              dataset.system_prompt(dataset_ref.local_path()),
+                                              params.probe_max_new_tokens, attn_implementation)
+        for answer in answers:
+            logger.info("before/after: %s\n  base:       %s\n  %s: %s", answer.question, answer.base,
+                        chosen.path.name, answer.tuned)
+        (out / BEFORE_AFTER).write_text(json.dumps(
+            {"checkpoint": chosen.path.name, "promoted": bool(decision["promoted"]),
+             "answers": [dataclasses.asdict(a) for a in answers]}, indent=2))
 
     ref = publish_stage(EVALUATION, build, announce_manifest=False)
     publish_report(domain, ref)
@@ -96,3 +114,14 @@ def publish_report(domain: str, ref: ArtifactRef) -> None:
                                       f"`{decision['metric']}`; must beat step 0 and the no-knowledge baselines "
                                       f"beyond the 95% interval (evaluation `{ref.version}`)",
                              description=f"promoted: {decision['promoted'] or 'none'}")
+    compared = read_before_after(ref)
+    if compared:
+        create_markdown_artifact(key=f"{domain}-before-after", description="greedy answers: base vs fine-tuned",
+                                 markdown=before_after.markdown(domain, compared["checkpoint"],
+                                                                [before_after.Answer(**a) for a in compared["answers"]],
+                                                                compared["promoted"]))
+
+
+def read_before_after(ref: ArtifactRef) -> dict[str, Any] | None:
+    path = ref.local_path() / BEFORE_AFTER
+    return json.loads(path.read_text()) if path.exists() else None
