@@ -7,10 +7,11 @@ import traceback
 import pyarrow.parquet as pq
 import pytest
 
-from loretune.config import RedditSource
+from loretune.config import HttpConfig, ImagesConfig, RedditSource
 from loretune.ingest import reddit
 from loretune.ingest.documents import COLUMNS, write_documents
-from loretune.ingest.http import SourceError, SourceSkipped
+from loretune.ingest.http import PoliteSession, SourceError, SourceSkipped
+from loretune.multimodal.images import check_image
 from loretune.samples import reddit as sample_reddit
 from loretune.samples.server import SampleSourcesServer
 
@@ -80,13 +81,28 @@ def test_removed_deleted_nsfw_and_stickied_mod_posts_are_dropped_and_counted(srv
 
 def test_gallery_and_preview_image_urls_are_unescaped(srv):
     docs, _, _ = crawl(srv)
-    assert docs["1hna03"].image_urls == [
-        "https://preview.redd.it/leafgate01.png?width=1600&format=png&auto=webp&s=a1b2c3"]
+    media = f"{srv.base_url}/reddit/media"  # the sample server stands in for preview.redd.it
+    assert docs["1hna03"].image_urls == [f"{media}/leafgate01.png?width=1600&format=png&auto=webp&s=a1b2c3"]
     assert docs["1hna04"].image_urls == [
-        "https://preview.redd.it/sannin01.png?width=1200&format=png&auto=webp&s=222bbb",
-        "https://preview.redd.it/sannin02.png?width=1200&format=png&auto=webp&s=333ccc",
+        f"{media}/sannin01.png?width=1200&format=png&auto=webp&s=222bbb",
+        f"{media}/sannin02.png?width=1200&format=png&auto=webp&s=333ccc",
     ]
     assert docs["1hna02"].image_urls == []
+
+
+def test_the_posts_images_are_served_by_the_sample_server_and_are_valid_pictures(srv):
+    docs, _, _ = crawl(srv)
+    urls = [url for doc in docs.values() for url in doc.image_urls]
+    assert len(urls) == 3
+    session = PoliteSession(**HttpConfig(min_interval_s=0.0, max_retries=0).model_dump())
+    for url in urls:
+        assert check_image(session.get_bytes(url), max_bytes=ImagesConfig().max_bytes,
+                           max_pixels=ImagesConfig().max_pixels).format == "PNG"
+    fetched = [r for r in srv.requests if r["path"].startswith("/reddit/media/")]
+    assert [r["status"] for r in fetched] == [200, 200, 200]
+    escaped = urls[0].replace("&", "&amp;")  # as recorded: Reddit refuses it, and so does this server
+    with pytest.raises(SourceError, match="403"):
+        session.get_bytes(escaped)
 
 
 def test_documents_have_the_columns_and_meta(srv, tmp_path):

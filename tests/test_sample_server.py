@@ -197,3 +197,43 @@ def test_recentchanges_lists_edits_in_either_direction_within_the_bounds(server)
     assert [c["title"] for c in older] == ["Rasengan", "Chidori", "Gaara"]
     bad = api(server, **base, rccontinue="not-a-continue").json()
     assert bad["error"]["code"] == "badcontinue"
+
+
+def test_reddit_json_points_its_image_urls_at_the_server_not_the_internet(server):
+    token = requests.post(f"{server.base_url}/reddit/www/api/v1/access_token", auth=("id", "secret"),
+                          data={"grant_type": "client_credentials"}, timeout=5).json()["access_token"]
+    headers = {"Authorization": f"bearer {token}"}
+    bodies = [requests.get(f"{server.base_url}/reddit/oauth/r/Naruto/new", params={"limit": 100},
+                           headers=headers, timeout=5).text]
+    bodies += [requests.get(f"{server.base_url}/reddit/oauth/comments/{post}/", headers=headers, timeout=5).text
+               for post in ("1hna03", "1hna04")]
+    served = "".join(bodies)
+    assert "redd.it/" not in served
+    media = f"{server.base_url}/reddit/media/"
+    assert f'"{media}leafgate01.png"' in served  # i.redd.it
+    # preview.redd.it, the query string as recorded (still `&amp;`: the client unescapes)
+    assert f'"{media}sannin01.png?width=1200&amp;format=png&amp;auto=webp&amp;s=222bbb"' in served
+
+
+def test_reddit_media_are_our_drawings_served_as_static_files_with_an_etag(server):
+    from PIL import Image, ImageChops
+
+    from loretune.samples import draw
+
+    media = SNAPSHOT_DIR / "reddit" / "media"
+    assert sorted(p.stem for p in media.glob("*.png")) == sorted(draw.REDDIT_PICTURES)
+    for name, drawing in draw.REDDIT_PICTURES.items():
+        raw = (media / f"{name}.png").read_bytes()
+        assert len(raw) < 16_000, "a few KB each"
+        with Image.open(media / f"{name}.png") as stored:  # pixels, not bytes: the PNG encoder may vary
+            assert ImageChops.difference(stored.convert("RGB"), drawing()).getbbox() is None, name
+        url = f"{server.base_url}/reddit/media/{name}.png?width=1200&format=png&auto=webp&s=x"
+        image = requests.get(url, timeout=5)
+        assert image.status_code == 200 and image.content == raw
+        assert image.headers["Content-Type"] == "image/png" and image.headers["ETag"]
+        again = requests.get(url, headers={"If-None-Match": image.headers["ETag"]}, timeout=5)
+        assert again.status_code == 304
+    base = f"{server.base_url}/reddit/media"
+    assert requests.get(f"{base}/nope.png", timeout=5).status_code == 404
+    assert requests.get(f"{base}/..%2Fr_Naruto%2F1hna03.json", timeout=5).status_code == 404
+    assert requests.get(f"{base}/leafgate01.png?width=1&amp;s=x", timeout=5).status_code == 403  # `&amp;` left in

@@ -1,8 +1,10 @@
-"""Draw the pictures used by the offline Fandom sample snapshot.
+"""Draw the pictures used by the offline sample snapshot.
 
 Why this exists: the snapshot in ``snapshot/fandom`` needs images for its
-infoboxes and ``[[File:...]]`` links, but art from the real wiki is not ours
-to redistribute. Every picture here is drawn by this code instead, so the
+infoboxes and ``[[File:...]]`` links, and the Reddit posts in
+``snapshot/reddit`` link fan art (served by the sample server in place of
+i.redd.it / preview.redd.it), but art from the real sites is not ours to
+redistribute. Every picture here is drawn by this code instead, so the
 images are our own work and anyone can rebuild the exact same files::
 
     python -m loretune.samples.draw
@@ -16,15 +18,16 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
 
 SIZE = 128
 SCALE = 2
 IMAGES_DIR = Path(__file__).resolve().parent / "snapshot" / "fandom" / "images"
+REDDIT_MEDIA_DIR = Path(__file__).resolve().parent / "snapshot" / "reddit" / "media"
 
 Color = tuple[int, int, int]
 Point = tuple[float, float]
@@ -649,15 +652,66 @@ def all_pictures() -> dict[str, Callable[[], Image.Image]]:
     return pictures
 
 
-def main(out_dir: Path = IMAGES_DIR) -> list[Path]:
-    """Draw every picture into ``out_dir`` and return the written paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+# --------------------------------------------------------------------------
+# Fan art in the Reddit sample posts (snapshot/reddit/media)
+# --------------------------------------------------------------------------
+
+PAPER: Color = (246, 240, 226)
+INK: Color = (46, 42, 56)
+
+
+def draw_leaf_gate_at_dusk() -> Image.Image:
+    """Post 1hna03, "I painted the Hidden Leaf gate at dusk"."""
+    pen = Pen((236, 120, 70))
+    pen.rect((0, 0, 128, 26), (96, 64, 120))  # the sky darkening overhead
+    pen.rect((0, 26, 128, 48), (196, 96, 100))
+    pen.circle(100, 66, 16, (255, 214, 120))  # the setting sun behind the gate
+    pen.ellipse((-40, 80, 70, 140), (64, 96, 60))
+    pen.ellipse((50, 84, 170, 140), (52, 82, 52))
+    pen.polygon([(52, 128), (60, 100), (68, 100), (76, 128)], (196, 160, 110))  # the road in
+    gate, shadow = (46, 86, 52), (28, 52, 34)
+    pen.rect((22, 40, 32, 104), gate, shadow, 1)  # pillars
+    pen.rect((96, 40, 106, 104), gate, shadow, 1)
+    pen.rect((34, 58, 62, 102), (58, 104, 62), shadow, 1)  # the two doors, open a little
+    pen.rect((66, 58, 94, 102), (58, 104, 62), shadow, 1)
+    pen.rect((18, 44, 110, 56), (150, 40, 36), (90, 24, 24), 1)  # the lintel and its sign
+    pen.polygon([(10, 42), (64, 26), (118, 42), (110, 46), (18, 46)], (34, 30, 38))  # roof
+    leaf_mark(pen, 64, 50, 4.2, (250, 230, 190), width=1.2)
+    for x, y in ((18, 18), (40, 10), (112, 14)):  # first stars
+        pen.circle(x, y, 0.9, (255, 240, 210))
+    return pen.finish()
+
+
+def draw_sketchbook_page(portrait: Portrait) -> Image.Image:
+    """Post 1hna04's gallery: a pencil study of a character on a ring-bound sketchbook page."""
+    study = ImageOps.grayscale(draw_portrait(replace(portrait, background=WHITE)))
+    lines = ImageOps.invert(study.filter(ImageFilter.FIND_EDGES))  # pencil outlines
+    shading = ImageOps.autocontrast(study).point(lambda v: 110 + v * 145 // 255)  # light hatching tone
+    image = ImageOps.colorize(ImageChops.multiply(lines, shading), black=INK, white=PAPER)
+    sketch = ImageDraw.Draw(image)
+    sketch.rectangle((0, 0, SIZE - 1, SIZE - 1), outline=(200, 192, 176))
+    for y in range(8, SIZE, 14):  # the binding
+        sketch.ellipse((2, y, 8, y + 6), fill=(120, 116, 124))
+    return image
+
+
+REDDIT_PICTURES: dict[str, Callable[[], Image.Image]] = {
+    "leafgate01": draw_leaf_gate_at_dusk,
+    "sannin01": lambda: draw_sketchbook_page(PORTRAITS["Jiraiya"]),
+    "sannin02": lambda: draw_sketchbook_page(PORTRAITS["Tsunade"]),
+}
+
+
+def main(out_dir: Path = IMAGES_DIR, reddit_dir: Path = REDDIT_MEDIA_DIR) -> list[Path]:
+    """Draw every picture (Fandom's into ``out_dir``, Reddit's into ``reddit_dir``); return the paths."""
     written = []
-    for name, draw in sorted(all_pictures().items()):
-        path = out_dir / f"{name}.png"
-        draw().save(path, format="PNG", optimize=True)
-        written.append(path)
-    print(f"wrote {len(written)} images to {out_dir}")
+    for folder, pictures in ((out_dir, all_pictures()), (reddit_dir, REDDIT_PICTURES)):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, draw in sorted(pictures.items()):
+            path = folder / f"{name}.png"
+            draw().save(path, format="PNG", optimize=True)
+            written.append(path)
+    print(f"wrote {len(written)} images to {out_dir} and {reddit_dir}")
     return written
 
 

@@ -10,20 +10,32 @@ and `<id>.more.json` with the comments those stubs hide, as `/api/morechildren` 
 Subreddit listings are built from the posts, so the files never disagree with each other.
 String values are served as recorded: preview and gallery URLs keep their `&amp;`, as Reddit's
 records do, and the client is the one that must unescape them.
+
+The one change at serve time is the image hosts: the records link `https://i.redd.it/<file>` and
+`https://preview.redd.it/<file>?width=...&amp;s=...`, and this server stands in for those hosts too,
+so those URLs are served rewritten to `{base}/reddit/media/<file>`, query string kept as recorded.
+The files are `snapshot/reddit/media/<file>`, drawn by `loretune.samples.draw` (our own pictures),
+served as a static file with an ETag like the wiki's images. The query (size, crop, signature) is
+ignored, except that a URL still holding `&amp;` is refused (403), as Reddit refuses it: its
+signature no longer matches. Without this, offline runs would ask a host that cannot answer.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 from pathlib import Path
 from typing import Any
 
-from loretune.samples.server import Reply, _json_reply
+from loretune.samples.server import Reply, _html_reply, _json_reply
 
 MAX_LISTING_LIMIT = 100  # Reddit's cap on `limit` per listing page
 TIME_FILTERS = {"hour", "day", "week", "month", "year", "all"}
+MEDIA_PATH = "/reddit/media/"
+MEDIA_HOSTS = ("https://i.redd.it/", "https://preview.redd.it/")  # served here as MEDIA_PATH
+MEDIA_NAME = re.compile(r"[A-Za-z0-9_-]+\.png")  # a file name, nothing outside snapshot/reddit/media
 
 
 def overrides(base: str) -> dict[str, Any]:
@@ -42,6 +54,7 @@ class Site:
         self.tokens: set[str] = set()
         self.posts: dict[str, list[Any]] = {}  # id -> the /comments/<id> reply
         self.hidden: dict[str, dict[str, dict]] = {}  # post id -> comment id -> t1 thing
+        self.media = {path.name: path.read_bytes() for path in sorted((self.root / "media").glob("*.png"))}
         for path in sorted(self.root.glob("r_*/*.json")):
             post_id = path.name.split(".")[0]
             if path.name.endswith(".more.json"):
@@ -54,18 +67,28 @@ class Site:
         headers = {name.lower(): value for name, value in headers.items()}
         if path == "/reddit/www/api/v1/access_token":
             return self._access_token(params, headers)
+        if path.startswith(MEDIA_PATH):  # i.redd.it / preview.redd.it: public, no token
+            return self._media(path.removeprefix(MEDIA_PATH), params)
         if not path.startswith("/reddit/oauth/"):
             return _error(404, "Not Found")
         if headers.get("authorization", "").removeprefix("bearer ") not in self.tokens:
             return _error(401, "Unauthorized")
         parts = [part for part in path.removeprefix("/reddit/oauth/").split("/") if part]
         if len(parts) == 3 and parts[0] == "r" and parts[2] in ("top", "new"):
-            return self._listing(parts[1], parts[2], params)
+            return _served(self._listing(parts[1], parts[2], params), base_url)
         if len(parts) >= 2 and parts[0] == "comments":
-            return self._comments(parts[1])
+            return _served(self._comments(parts[1]), base_url)
         if parts == ["api", "morechildren"]:
-            return self._morechildren(params)
+            return _served(self._morechildren(params), base_url)
         return _error(404, "Not Found")
+
+    def _media(self, name: str, params: dict[str, str]) -> Reply:
+        if any(key.startswith("amp;") for key in params):  # `&amp;` left in: the signature fails, as on Reddit
+            return _html_reply(403, "Forbidden", "Invalid signature.")
+        data = self.media.get(name) if MEDIA_NAME.fullmatch(name) else None
+        if data is None:
+            return _html_reply(404, "Not Found", f"No image named {name}.")
+        return Reply(200, data, "image/png", {"Cache-Control": "max-age=86400"})
 
     def _access_token(self, params: dict[str, str], headers: dict[str, str]) -> Reply:
         """Client-credentials grant: HTTP Basic client_id:client_secret, any non-empty pair accepted."""
@@ -108,6 +131,28 @@ class Site:
         wanted = [cid for cid in params.get("children", "").split(",") if cid]
         things = [_flat(hidden[cid]) for cid in wanted if cid in hidden]
         return _json_reply({"json": {"errors": [], "data": {"things": things}}})
+
+
+def _served(reply: Reply, base_url: str) -> Reply:
+    """A JSON reply with the image hosts' URLs pointing at this server (see the module docstring)."""
+    if reply.status != 200:
+        return reply
+    data = _rewrite_media(json.loads(reply.body), f"{base_url}{MEDIA_PATH}")
+    return Reply(reply.status, json.dumps(data, ensure_ascii=False).encode("utf-8"), reply.content_type,
+                 reply.headers)
+
+
+def _rewrite_media(value: Any, media_base: str) -> Any:
+    if isinstance(value, str):
+        for host in MEDIA_HOSTS:
+            if value.startswith(host):
+                return media_base + value.removeprefix(host)
+        return value
+    if isinstance(value, dict):
+        return {key: _rewrite_media(item, media_base) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rewrite_media(item, media_base) for item in value]
+    return value
 
 
 def _flat(thing: dict) -> dict:

@@ -57,7 +57,8 @@ KNOWN_PARAMS = {
 }
 RC_LIMIT = 50  # recent changes per response whatever rclimit asks, so continuation gets exercised
 # Paths whose answers are computed per request, as the real APIs' are: no ETag, never a 304.
-DYNAMIC_PATHS = ("/fandom/api.php", "/reddit")
+# (Reddit's images, /reddit/media/, are static files and get one.)
+DYNAMIC_PATHS = ("/fandom/api.php", "/reddit/www", "/reddit/oauth")
 
 
 def fandom_api_url(base: str) -> str:
