@@ -171,6 +171,9 @@ class TrainingConfig(Section):
     # Refused for now: TRL's packing is padding-free and refuses the custom (image) collator.
     packing: bool = False
     gradient_checkpointing: bool = False
+    # Batches of similar lengths: examples range from a short fact to a 300-character chunk of
+    # prose, and random batches pad to their longest, so about half the computed tokens were padding.
+    group_by_length: bool = True
     attn_implementation: Literal["eager", "sdpa"] = "sdpa"
     seed: int = 0
 

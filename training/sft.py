@@ -218,6 +218,7 @@ def train(
         eval_strategy="steps" if has_validation else "no",
         eval_steps=cfg.save_steps,
         logging_steps=max(1, min(20, cfg.save_steps // 2)),
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
