@@ -16,7 +16,7 @@ from loretune.config import ConfigError
 from recipes import TINY
 from loretune.store import MANIFEST, ArtifactStore, content_hash
 
-FAST = {**TINY, "training.max_steps": 4, "training.save_steps": 2, "evaluation.batch_size": 32}
+FAST = {**TINY, "training.max_steps": 4, "training.save_steps": 2, "evaluation.batch_size": 32, "evaluation.max_items": 200}
 STAGES = ["documents", "images", "features", "dataset", "model", "checkpoints", "evaluation"]
 
 
