@@ -8,7 +8,6 @@ adapter on the base, switched off for the base's answers.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,7 @@ from typing import Any
 import torch
 from peft import PeftModel
 
-from loretune.multimodal.fusion import attach_projector
-from loretune.training.backends import default_device, load_base
-from loretune.training.chat import ChatFormat, add_image_token
-from loretune.training.sft import MULTIMODAL_FILE
+from loretune.training.sft import load_for_checkpoints
 
 
 @dataclass(frozen=True)
@@ -31,13 +27,9 @@ class Answer:
 
 def greedy_answers(base_model: str, checkpoint: Path, questions: list[str], system: str,
                    max_new_tokens: int = 48, attn_implementation: str = "sdpa") -> list[Answer]:
-    device = default_device()
-    tokenizer, model = load_base(base_model, device, attn_implementation)
-    fmt = ChatFormat.load(Path(base_model))
-    spec = json.loads((checkpoint.parent / MULTIMODAL_FILE).read_text())
-    attach_projector(model, spec["clip_dim"], spec["image_tokens"], seed=spec["projector_seed"],
-                     stats=spec.get("feature_stats"), image_token_id=add_image_token(tokenizer))
-    model = PeftModel.from_pretrained(model, str(checkpoint)).eval()
+    loaded = load_for_checkpoints(base_model, checkpoint.parent, attn_implementation)
+    tokenizer, fmt, device = loaded.tokenizer, loaded.fmt, loaded.device
+    model = PeftModel.from_pretrained(loaded.model, str(checkpoint)).eval()
     answers = []
     for question in questions:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]

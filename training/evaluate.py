@@ -32,10 +32,9 @@ import numpy as np
 import torch
 from peft import PeftModel
 
-from loretune.multimodal.fusion import attach_projector, fuse
-from loretune.training.backends import default_device, load_base
-from loretune.training.chat import IGNORE, ChatFormat, add_image_token
-from loretune.training.sft import MULTIMODAL_FILE, Checkpoint, FusionCollator
+from loretune.multimodal.fusion import fuse
+from loretune.training.chat import IGNORE, ChatFormat
+from loretune.training.sft import Checkpoint, FusionCollator, load_for_checkpoints
 from loretune.training.stats import mcnemar_p, mean_stderr, paired_difference
 
 TABLE_COLUMNS = ["step", "checkpoint", "set", "n", "dropped", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr",
@@ -196,12 +195,8 @@ def evaluate_checkpoints(
     """One table row per (checkpoint, set), step 0 included; and every item's scores."""
     if not checkpoints:
         raise ValueError("no checkpoints to evaluate")
-    spec = json.loads((checkpoints[0].path.parent / MULTIMODAL_FILE).read_text())
-    device = default_device()
-    tokenizer, model = load_base(base_model, device, attn_implementation)
-    fmt = ChatFormat.load(Path(base_model))
-    attach_projector(model, spec["clip_dim"], spec["image_tokens"], seed=spec["projector_seed"],
-                     stats=spec.get("feature_stats"), image_token_id=add_image_token(tokenizer))
+    loaded = load_for_checkpoints(base_model, checkpoints[0].path.parent, attn_implementation)
+    tokenizer, model, fmt, spec, device = loaded.tokenizer, loaded.model, loaded.fmt, loaded.spec, loaded.device
     model = PeftModel.from_pretrained(model, str(checkpoints[0].path), adapter_name=_name(checkpoints[0]))
     for checkpoint in checkpoints[1:]:
         model.load_adapter(str(checkpoint.path), adapter_name=_name(checkpoint))

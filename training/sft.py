@@ -171,6 +171,28 @@ def label_check(labels: list[list[int]], truncated: list[bool], max_length: int)
             "no_trainable_share": empty / n, "truncated_share": cut / n}
 
 
+@dataclass
+class Loaded:
+    """A base model ready for the checkpoints of one training run: tokenizer, model with the
+    projector as training initialised it, the chat format, and the run's multimodal spec."""
+
+    tokenizer: Any
+    model: Any
+    fmt: ChatFormat
+    spec: dict[str, Any]
+    device: str
+
+
+def load_for_checkpoints(base_model: str, checkpoints_dir: Path, attn_implementation: str = "sdpa") -> Loaded:
+    """What evaluation and the before/after both need before loading an adapter from `checkpoints_dir`."""
+    spec = json.loads((checkpoints_dir / MULTIMODAL_FILE).read_text())
+    device = default_device()
+    tokenizer, model = load_base(base_model, device, attn_implementation)
+    attach_projector(model, spec["clip_dim"], spec["image_tokens"], seed=spec["projector_seed"],
+                     stats=spec.get("feature_stats"), image_token_id=add_image_token(tokenizer))
+    return Loaded(tokenizer, model, ChatFormat.load(Path(base_model)), spec, device)
+
+
 def train(
     *,
     dataset_dir: Path,
