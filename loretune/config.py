@@ -210,6 +210,33 @@ class EvaluationConfig(Section):
     probe_max_new_tokens: int = Field(48, ge=1, le=512)
 
 
+class ParityConfig(Section):
+    """The probes an export is checked on before anything reads it (`training/parity.py`): the
+    evaluation's probe questions plus the first `questions_per_set` questions of each built-in text
+    set, greedy up to `max_new_tokens`; and the first `choice_items` items of each built-in text set
+    scored as binary choice in every format."""
+
+    questions_per_set: int = Field(2, ge=0, le=20)
+    max_new_tokens: int = Field(32, ge=1, le=256)
+    choice_items: int = Field(50, ge=0, le=500)
+
+
+class ExportConfig(Section):
+    """What the export stage makes of the chosen checkpoint (`training/export.py`)."""
+
+    enabled: bool = True
+    # promoted: the checkpoint the evaluation gate promoted (nothing is exported when none is);
+    # last: the last checkpoint; or a name such as checkpoint-120.
+    checkpoint: str = Field("promoted", pattern=r"^(promoted|last|checkpoint-[0-9]+)$")
+    # 16-bit type of the merged weights; bf16 keeps fp32's range (no overflow in large models).
+    dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    # GGUF types: f16 from llama.cpp's converter, quantised types from llama.cpp's quantiser.
+    # q4_k_m is there too; on a 135M model its binary-choice accuracy can leave the merged model's
+    # standard error, which fails parity (see the README), so it is not a default.
+    gguf: list[Literal["f16", "q8_0", "q4_k_m", "q5_k_m", "q4_0"]] = ["f16", "q8_0"]
+    parity: ParityConfig = ParityConfig()
+
+
 class LoretuneConfig(Section):
     domain: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     store: str | None = None
@@ -221,6 +248,7 @@ class LoretuneConfig(Section):
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    export: ExportConfig = ExportConfig()
 
     def store_uri(self) -> str:
         """Where artifacts live: the config's `store`, else the project's state folder."""

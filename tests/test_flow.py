@@ -17,7 +17,7 @@ from recipes import TINY
 from loretune.store import MANIFEST, ArtifactStore, content_hash
 
 FAST = {**TINY, "training.max_steps": 4, "training.save_steps": 2, "evaluation.batch_size": 32, "evaluation.max_items": 200}
-STAGES = ["documents", "images", "features", "dataset", "model", "checkpoints", "evaluation"]
+STAGES = ["documents", "images", "features", "dataset", "model", "checkpoints", "evaluation", "export"]
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +137,9 @@ def test_changed_training_parameter_reruns_only_training_and_evaluation(cold, ru
     changed = run(**{"training.learning_rate": 0.001})
     assert states(changed) == {
         "documents": "Completed", "images": "Cached", "features": "Cached", "dataset": "Cached", "model": "Cached",
-        "checkpoints": "Completed", "evaluation": "Completed",
+        "checkpoints": "Completed", "evaluation": "Completed", "export": "Completed",
     }
-    for stage in ("checkpoints", "evaluation"):
+    for stage in ("checkpoints", "evaluation", "export"):
         assert changed["stages"][stage]["version"] != cold["stages"][stage]["version"]
         assert len(versions(store)[stage]) >= 2
 
@@ -165,7 +165,8 @@ def test_a_user_set_is_scored_beside_the_built_in_ones_and_editing_it_reruns_onl
     assert first["baselines"]["lore_quiz"]["always_first"]["value"] == 0.5
     quiz.write_text(quiz.read_text().replace("Might Guy", "Jiraiya"))
     edited = run(**{"evaluation.sets": [str(quiz)]})
-    assert {s for s, state in states(edited).items() if state == "Completed"} == {"documents", "evaluation"}
+    assert {s for s, state in states(edited).items() if state == "Completed"} == {"documents", "evaluation"}, \
+        "the promotion did not change, so neither does the export"
     assert edited["stages"]["evaluation"]["version"] != first["stages"]["evaluation"]["version"]
 
 
@@ -249,3 +250,30 @@ def test_every_sample_source_contributes_documents(cold, store):
     assert statuses == {"fandom": "ok", "reddit": "skipped", "youtube": "ok", "sportskeeda": "ok"}
     assert "no Reddit credentials" in manifest["sources"]["reddit"]["error"]
     assert manifest["sources"]["youtube"]["documents"] == 3 and manifest["sources"]["sportskeeda"]["documents"] == 6
+
+
+def test_nothing_promoted_exports_nothing_and_says_so(cold, store):
+    manifest = ArtifactStore(store).manifest("export", cold["stages"]["export"]["version"])
+    assert manifest["details"]["exported"] is False
+    assert "promoted no checkpoint" in manifest["details"]["reason"]
+    from loretune.training.exports import list_models
+
+    assert [m.kind for m in list_models(store)] == ["base"], "the chat UI offers the base alone"
+
+
+def test_the_last_checkpoint_exports_as_adapter_and_merged_and_says_why_the_tiny_model_has_no_gguf(cold, run, store):
+    result = run(**{"export.checkpoint": "last"})
+    assert {s for s, state in states(result).items() if state == "Completed"} == {"documents", "export"}
+    folder = store / "export" / result["stages"]["export"]["version"]
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert manifest["details"]["formats"] == ["adapter", "merged"]
+    assert "tiny model's tokenizer" in manifest["details"]["gguf_skipped"]
+    assert {p.name for p in folder.iterdir()} >= {"adapter", "merged", "projector", "parity.json", "export.json"}
+    parity = json.loads((folder / "parity.json").read_text())
+    assert parity["passed"] and parity["summary"]["worst_nmse"]["merged_vs_adapter"] < 1e-3
+    info = json.loads((folder / "export.json").read_text())
+    assert info["checkpoint"] == "checkpoint-4" and info["promoted"] is False and info["score"]["set"] == "facts"
+    from loretune.training.exports import list_models
+
+    merged = [m for m in list_models(store) if m.kind == "merged"]
+    assert merged and "checkpoint-4" in merged[0].label and "facts acc" in merged[0].label and merged[0].accepts_images

@@ -1,0 +1,273 @@
+"""A checkpoint made ready to serve: adapter, merged 16-bit weights, GGUF (layout: `exports.py`).
+
+The merged folder is the one thing every other format is made from: PEFT's `merge_and_unload`
+folds LoRA into the base weights, the image projector (trained beside LoRA, which merging drops)
+is saved next to it, and llama.cpp's own converter (`convert_hf_to_gguf.py`, from the same
+llama.cpp that llama-cpp-python runs) turns it into GGUF. Quantised types come from llama.cpp's
+quantiser in-process (`llama_model_quantize`), since llama-cpp-python builds no `llama-quantize`
+binary. What each file really holds is read back from the file, not assumed: a k-quant falls back
+to another type on tensors whose width is not a multiple of 256 (SmolLM2's 576).
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from peft import PeftModel
+from safetensors.torch import save_file
+
+from loretune.multimodal.fusion import PROJECTOR_NAME
+from loretune.training.chat import IMAGE_TOKEN
+from loretune.training.exports import GGUF_DIR, PROJECTOR_DIR, PROJECTOR_WEIGHTS
+from loretune.training.sft import MULTIMODAL_FILE, load_for_checkpoints
+
+# Everything a model folder needs besides its weights, copied from the model stage's folder.
+FOLDER_FILES = ("generation_config.json", "loretune_chat.json", "loretune_model.json")
+# What a checkpoint holds that serving does not need.
+TRAINING_ONLY = frozenset({"trainer_state.json"})
+# llama.cpp file types by the names people use; f16 is written by the converter itself.
+QUANT_FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+                "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
+GGUF_TYPES = ("f16", *QUANT_FTYPES)
+
+
+class ExportError(RuntimeError):
+    """An export cannot be made here; the message says why and what to do."""
+
+
+def converter_dir() -> Path:
+    """Where the Makefile installs llama.cpp's converter: inside the venv that runs llama-cpp-python,
+    so converter and runtime come from one llama.cpp (`LORETUNE_LLAMA_CPP` points elsewhere)."""
+    return Path(os.environ.get("LORETUNE_LLAMA_CPP") or Path(sys.prefix) / "share" / "loretune" / "llama.cpp")
+
+
+def converter_version() -> dict[str, str]:
+    """What the manifest records of the converter, and what the export stage's version keys on."""
+    script = converter_dir() / "convert_hf_to_gguf.py"
+    if not script.is_file():
+        raise ExportError(f"llama.cpp's converter is not installed here (no {script}): `make demo` or "
+                          "`make test` installs it with llama-cpp-python, or set LORETUNE_LLAMA_CPP to a llama.cpp "
+                          "checkout holding convert_hf_to_gguf.py, conversion/ and gguf-py/")
+    try:
+        runtime = importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        raise ExportError("llama-cpp-python is not installed: `make demo` or `make test` builds and installs it") from None
+    return {"llama_cpp_python": runtime, "converter_sha256": hashlib.sha256(script.read_bytes()).hexdigest()}
+
+
+# --- adapter and merged folder -----------------------------------------------------------------
+
+
+def copy_adapter(checkpoint: Path, out: Path) -> None:
+    """The checkpoint as serving needs it: adapter (projector included) and its multimodal spec."""
+    out.mkdir(parents=True)
+    for path in sorted(checkpoint.iterdir()):
+        if path.name not in TRAINING_ONLY:
+            (shutil.copytree if path.is_dir() else shutil.copy2)(path, out / path.name)
+    shutil.copy2(checkpoint.parent / MULTIMODAL_FILE, out / MULTIMODAL_FILE)
+
+
+def merge(base_model: Path, checkpoint: Path, out: Path, dtype: str = "bfloat16") -> dict[str, Any]:
+    """Merge the checkpoint's LoRA into its base and save a plain 16-bit model folder at `out`,
+    with the trained projector in `out.parent / projector/`. Returns sizes for the manifest."""
+    loaded = load_for_checkpoints(str(base_model), checkpoint.parent)
+    merged = PeftModel.from_pretrained(loaded.model, str(checkpoint)).merge_and_unload()
+    projector = getattr(merged, PROJECTOR_NAME)
+    delattr(merged, PROJECTOR_NAME)  # not part of the language model; saved on its own below
+    merged = merged.to(getattr(torch, dtype))
+    merged.save_pretrained(out, safe_serialization=True)
+    loaded.tokenizer.save_pretrained(out)
+    strip_added_token(out, IMAGE_TOKEN)
+    for name in FOLDER_FILES:
+        if (base_model / name).exists():
+            shutil.copy2(base_model / name, out / name)
+    projector_dir = out.parent / PROJECTOR_DIR
+    projector_dir.mkdir()
+    save_file({k: v.detach().float().contiguous() for k, v in projector.state_dict().items()},
+              str(projector_dir / PROJECTOR_WEIGHTS))
+    shutil.copy2(checkpoint.parent / MULTIMODAL_FILE, projector_dir / MULTIMODAL_FILE)
+    return {"dtype": dtype, "parameters": sum(p.numel() for p in merged.parameters()),
+            "projector_parameters": sum(p.numel() for p in projector.parameters()),
+            "bytes": folder_bytes(out)}
+
+
+def strip_added_token(folder: Path, token: str) -> None:
+    """Take loretune's image placeholder out of a saved tokenizer.
+
+    It was added past the model's vocabulary (fusion swaps it out before the embedding lookup), so
+    a tokenizer that keeps it names an id the merged model has no row for, and llama.cpp's converter
+    refuses a vocabulary larger than the model's. Serving text needs no placeholder; the chat UI
+    adds it back when it loads the projector.
+    """
+    tokenizer_json = folder / "tokenizer.json"
+    if tokenizer_json.exists():
+        data = json.loads(tokenizer_json.read_text())
+        data["added_tokens"] = [t for t in data.get("added_tokens", []) if t.get("content") != token]
+        tokenizer_json.write_text(json.dumps(data, ensure_ascii=False, indent=2))
+    config_file = folder / "tokenizer_config.json"
+    if config_file.exists():
+        config = json.loads(config_file.read_text())
+        decoder = config.get("added_tokens_decoder", {})
+        config["added_tokens_decoder"] = {k: v for k, v in decoder.items() if v.get("content") != token}
+        config["extra_special_tokens"] = [t for t in config.get("extra_special_tokens", []) if t != token] \
+            if isinstance(config.get("extra_special_tokens"), list) else config.get("extra_special_tokens", {})
+        if isinstance(config.get("additional_special_tokens"), list):
+            config["additional_special_tokens"] = [t for t in config["additional_special_tokens"] if t != token]
+        config_file.write_text(json.dumps(config, ensure_ascii=False, indent=2))
+    for name in ("added_tokens.json", "special_tokens_map.json"):
+        path = folder / name
+        if path.exists():
+            data = json.loads(path.read_text())
+            if name == "added_tokens.json":
+                data.pop(token, None)
+            elif isinstance(data.get("additional_special_tokens"), list):
+                data["additional_special_tokens"] = [t for t in data["additional_special_tokens"]
+                                                     if (t.get("content") if isinstance(t, dict) else t) != token]
+            path.write_text(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+# --- GGUF ---------------------------------------------------------------------------------------
+
+
+def convert_to_gguf(model_dir: Path, out_file: Path, outtype: str = "f16",
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+    """llama.cpp's converter on a model folder, in its own process (it imports its own gguf-py)."""
+    here = converter_dir()
+    converter_version()  # a clear error when it is not installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here / "gguf-py"), str(here)]),
+           "NO_LOCAL_GGUF": ""}
+    command = [sys.executable, str(here / "convert_hf_to_gguf.py"), str(model_dir), "--outfile", str(out_file),
+               "--outtype", outtype]
+    started = time.monotonic()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0 or not out_file.exists():
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
+        raise ExportError(f"llama.cpp's converter failed on {model_dir.name} ({outtype}), exit {done.returncode}:\n{tail}")
+    seconds = time.monotonic() - started
+    log(f"export: {out_file.name}: converted in {seconds:.1f} s, {out_file.stat().st_size / 2**20:.0f} MiB")
+    return {"file": out_file, "seconds": round(seconds, 2)}
+
+
+def quantize(source: Path, out_file: Path, kind: str, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """A quantised GGUF from an f16 one, with llama.cpp's own quantiser."""
+    import llama_cpp
+
+    if kind not in QUANT_FTYPES:
+        raise ExportError(f"export.gguf: {kind!r} is not a quantisation this export knows; use one of {list(GGUF_TYPES)}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANT_FTYPES[kind])
+    params.nthread = os.cpu_count() or 1
+    started = time.monotonic()
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(out_file).encode(), ctypes.byref(params))
+    if status != 0 or not out_file.exists():
+        raise ExportError(f"llama.cpp could not quantise {source.name} to {kind} (status {status})")
+    seconds = time.monotonic() - started
+    log(f"export: {out_file.name}: quantised in {seconds:.1f} s, {out_file.stat().st_size / 2**20:.0f} MiB")
+    return {"file": out_file, "seconds": round(seconds, 2)}
+
+
+def gguf_contents(path: Path) -> dict[str, Any]:
+    """What a GGUF file really holds: tensors per type, and the chat template and EOS it carries."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    types = collections.Counter(t.tensor_type.name for t in reader.tensors)
+
+    def field(name: str) -> Any:
+        found = reader.get_field(name)
+        return None if found is None else found.contents()
+
+    return {"tensor_types": dict(sorted(types.items())), "chat_template": field("tokenizer.chat_template"),
+            "eos_token_id": field("tokenizer.ggml.eos_token_id"), "file_type": field("general.file_type"),
+            "bytes": path.stat().st_size}
+
+
+def export_gguf(merged: Path, out_dir: Path, name: str, types: list[str],
+                log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """f16 from the merged folder, then each quantised type from that f16 file."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    f16 = out_dir / f"{name}-f16.gguf"
+    made = {"f16": convert_to_gguf(merged, f16, "f16", log)}
+    for kind in types:
+        if kind != "f16":
+            made[kind] = quantize(f16, out_dir / f"{name}-{kind}.gguf", kind, log)
+    if "f16" not in types:  # made only to quantise from
+        f16.unlink()
+        made.pop("f16")
+    return {kind: {"file": f"{GGUF_DIR}/{entry['file'].name}", "seconds": entry["seconds"],
+                   **gguf_contents(entry["file"])} for kind, entry in made.items()}
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+
+# --- one checkpoint, every format, checked ------------------------------------------------------
+
+
+class ParityFailed(ExportError):
+    """The formats do not answer alike; the message names the probes and the numbers."""
+
+    def __init__(self, report: Any):
+        self.report = report
+        super().__init__("export parity failed:\n  " + "\n  ".join(report.failures))
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """One line of a parity summary, for the log."""
+    nmse = ", ".join(f"{k} {v:.2e}" for k, v in summary["worst_nmse"].items())
+    accuracy = ", ".join(f"{k} {v['acc']:.3f} ± {v['stderr']:.3f}" for k, v in summary["choice_accuracy"].items())
+    stops = ", ".join(f"{k} {v}/{summary['probes']}" for k, v in summary["stops_at_eos"].items())
+    return f"worst logits NMSE: {nmse}; binary choice: {accuracy or 'no items'}; stops at EOS: {stops}"
+
+
+def export_checkpoint(*, base_model: Path, checkpoint: Path, out: Path, name: str, dtype: str, gguf_types: list[str],
+                      questions: list[str], choice_items: list[dict[str, Any]], system: str, max_length: int,
+                      max_new_tokens: int, gguf_skip_reason: str | None = None,
+                      log: Callable[[str], None] = print) -> dict[str, Any]:
+    """adapter/, merged/ + projector/, gguf/ and parity.json in `out`; raises `ParityFailed` (after
+    writing parity.json) when the formats disagree. Returns what export.json records of the files."""
+    from loretune.training import parity
+    from loretune.training.exports import ADAPTER_DIR, MERGED_DIR, PARITY_FILE
+
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    copy_adapter(checkpoint, out / ADAPTER_DIR)
+    merged = merge(base_model, checkpoint, out / MERGED_DIR, dtype)
+    timings["merge_s"] = round(time.monotonic() - started, 2)
+    log(f"export: merged {checkpoint.name} into its base: {merged['parameters']:,} parameters, {dtype}, "
+        f"{merged['bytes'] / 2**20:.0f} MiB; projector {merged['projector_parameters']:,} parameters kept beside it")
+    ggufs: dict[str, dict[str, Any]] = {}
+    if gguf_skip_reason:
+        log(f"export: no GGUF: {gguf_skip_reason}")
+    elif gguf_types:
+        started = time.monotonic()
+        ggufs = export_gguf(out / MERGED_DIR, out / GGUF_DIR, name, gguf_types, log)
+        timings["gguf_s"] = round(time.monotonic() - started, 2)
+    started = time.monotonic()
+    report = parity.verify_export(base_model=base_model, checkpoint=checkpoint, merged_dir=out / MERGED_DIR,
+                                  gguf_files={kind: out / entry["file"] for kind, entry in ggufs.items()},
+                                  questions=questions, choice_items=choice_items, system=system,
+                                  max_length=max_length, max_new_tokens=max_new_tokens, log=log)
+    timings["parity_s"] = round(time.monotonic() - started, 2)
+    log("export: parity " + ("passed" if report.passed else "FAILED") + f" in {timings['parity_s']:.0f} s: "
+        + describe(report.summary))
+    (out / PARITY_FILE).write_text(json.dumps(report.as_dict(), indent=2, default=float))
+    if not report.passed:
+        raise ParityFailed(report)
+    return {"merged": merged, "gguf": {k: {f: v for f, v in e.items() if f != "chat_template"} for k, e in ggufs.items()},
+            "gguf_skipped": gguf_skip_reason, "parity": report.summary, "timings": timings,
+            "adapter_bytes": folder_bytes(out / ADAPTER_DIR)}
