@@ -95,6 +95,7 @@ def run(config: str = CONFIG, store: Optional[str] = STORE, set: list[str] = SET
     typer.echo("")
     _print_evaluation(result["evaluation"], result["baselines"], result["promotion"])
     _print_before_after(result.get("before_after"))
+    _print_export(result.get("export"))
 
 
 @app.command()
@@ -138,6 +139,41 @@ def report(flow_run: str = typer.Option(..., "--flow-run", help="flow run id")) 
     ref = ArtifactRef(store, "evaluation", stages["evaluation"]["version"])
     _print_evaluation(read_table(ref), read_baselines(ref), read_promotion(ref))
     _print_before_after(read_before_after(ref))
+    if "export" in stages:
+        from loretune.tasks.export import read_export
+
+        _print_export(read_export(ArtifactRef(store, "export", stages["export"]["version"])))
+
+
+@app.command()
+def chat(config: str = CONFIG, store: Optional[str] = STORE,
+         host: str = typer.Option("127.0.0.1", help="address to serve on (the default is this machine only)"),
+         port: int = typer.Option(7860, help="port to serve on")) -> None:
+    """The Gradio chat UI over every model in the store: the base and each export, newest first."""
+    try:
+        cfg = load_config(config, _overrides(store, []))
+    except ConfigError as exc:
+        _fail(str(exc))
+    from loretune.chat.app import launch
+
+    typer.echo(f"chat: http://{host}:{port} over the store {cfg.store_uri()} (Ctrl-C stops it)")
+    # The domain's name biases speech recognition towards it (tiny.en hears "Naruto" as common words).
+    launch(cfg.store_uri(), host=host, port=port, hotwords=cfg.domain.replace("-", " ").title())
+
+
+def _print_export(exported: dict | None) -> None:
+    if not exported:
+        return
+    if not exported["exported"]:
+        typer.echo(f"\nexport: {exported['reason']}")
+        return
+    from loretune.training.export import describe
+
+    typer.echo(f"\nexport: {exported['checkpoint']} as {', '.join(exported['formats'])} in {exported['folder']}")
+    if exported.get("gguf_skipped"):
+        typer.echo(f"  no GGUF: {exported['gguf_skipped']}")
+    typer.echo(f"  parity passed: {describe(exported['parity'])}")
+    typer.echo("  talk to it: loretune chat (or make chat)")
 
 
 def _print_before_after(compared: dict | None) -> None:

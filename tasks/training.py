@@ -63,6 +63,12 @@ def build_base_model(store: str, domain: str, dataset_ref: ArtifactRef | None, p
     return publish_stage(BASE_MODEL, build)
 
 
+def clip_spec(features: ArtifactRef) -> dict:
+    """The CLIP the features stage embedded with (its parameters), for the projector's spec."""
+    params = features.manifest()["parameters"].get("params", {})
+    return {"model": params.get("clip_model"), "pretrained": params.get("pretrained"), "seed": params.get("seed", 0)}
+
+
 @task(name="train", cache_policy=CHECKPOINTS, persist_result=True)
 def train(store: str, domain: str, dataset_ref: ArtifactRef, features: ArtifactRef, base: ArtifactRef,
           params: TrainingConfig, image_tokens: int, runtime: dict) -> ArtifactRef:
@@ -86,7 +92,8 @@ def train(store: str, domain: str, dataset_ref: ArtifactRef, features: ArtifactR
         checkpoints = sft.train(
             dataset_dir=dataset_ref.local_path(), features=vectors,
             clip_dim=features.manifest()["counts"]["embed_dim"], base_model=base_model_location(base),
-            output_dir=scratch, cfg=params, image_tokens=image_tokens, log=logger.info, progress=progress)
+            output_dir=scratch, cfg=params, image_tokens=image_tokens, log=logger.info, progress=progress,
+            clip=clip_spec(features))
         published = sft.publish_checkpoints(scratch, out)
         sft.plot_losses(published[-1].path / "trainer_state.json", out / LOSS_PLOT, title=f"{domain}: loss per step")
         labels = json.loads((out / sft.LABELS_FILE).read_text())

@@ -204,8 +204,12 @@ def train(
     image_tokens: int,
     log: Callable[[str], None] = print,
     progress: Callable[[int, int], None] | None = None,
+    clip: dict[str, Any] | None = None,
 ) -> list[Checkpoint]:
-    """Train, saving a checkpoint every `save_steps` into `output_dir`; resumes if it holds any."""
+    """Train, saving a checkpoint every `save_steps` into `output_dir`; resumes if it holds any.
+
+    `clip` (model, pretrained, seed) names the CLIP the features came from, recorded with the
+    projector so whoever feeds it a new picture (the chat UI) embeds it with the same CLIP."""
     resolve_backend(cfg.backend, log)
     device = default_device()
     tokenizer, model = load_base(base_model, device, cfg.attn_implementation)
@@ -230,7 +234,7 @@ def train(
     (output_dir / MULTIMODAL_FILE).write_text(json.dumps(
         {"clip_dim": clip_dim, "image_tokens": image_tokens, "projector_seed": cfg.seed,
          "projector_parameters": projector_parameters(clip_dim, projector.hidden_size, image_tokens),
-         "feature_stats": stats, "base_model": base_label(base_model)}
+         "feature_stats": stats, "base_model": base_label(base_model), **({"clip": clip} if clip else {})}
     ))
     args = SFTConfig(
         output_dir=str(output_dir),
