@@ -12,9 +12,9 @@ from loretune.tasks.evaluation import (evaluate_checkpoints, read_baselines, rea
                                        read_table)
 from loretune.tasks.export import export_model, read_export, select
 from loretune.tasks.training import build_base_model, train
-from loretune.training.export import converter_version
 from loretune.training.backends import runtime
 from loretune.training.base_models import TINY
+from loretune.training.export import converter_version
 
 
 @flow(name="finetune")
@@ -43,9 +43,10 @@ def finetune(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] 
     exported = None
     if cfg.export.enabled:
         selection = select(evaluation, checkpoints, cfg.export.checkpoint)
-        exported = run_stage(export_model, ledger, **common, checkpoints=checkpoints, selection=selection, base=base,
-                  dataset_ref=data["dataset"], params=cfg.export, probe_questions=cfg.evaluation.probe_questions,
-                  max_length=cfg.training.max_length, runtime=maths, tools=tools)
+        exported = run_stage(export_model, ledger, **common, checkpoints=checkpoints, selection=selection,
+                             base=base, dataset_ref=data["dataset"], params=cfg.export,
+                             probe_questions=cfg.evaluation.probe_questions, max_length=cfg.training.max_length,
+                             runtime=maths, tools=tools)
     publish_ledger(f"{cfg.domain}-run", ledger, store)
     promotion = read_promotion(evaluation)
     result = {"store": store, "stages": ledger, "evaluation": read_table(evaluation),

@@ -258,7 +258,10 @@ def test_nothing_promoted_exports_nothing_and_says_so(cold, store):
     assert "promoted no checkpoint" in manifest["details"]["reason"]
     from loretune.training.exports import list_models
 
-    assert [m.kind for m in list_models(store)] == ["base"], "the chat UI offers the base alone"
+    (base,) = list_models(store)
+    assert base.kind == "base", "the chat UI offers the base alone"
+    step0 = next(r for r in cold["evaluation"] if r["set"] == "facts" and r["step"] == 0)
+    assert f"facts acc {step0['acc']:.3f} ± {step0['acc_stderr']:.3f}" in base.label, "labelled with its step-0 score"
 
 
 def test_the_last_checkpoint_exports_as_adapter_and_merged_and_says_why_the_tiny_model_has_no_gguf(cold, run, store):

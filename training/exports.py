@@ -59,12 +59,27 @@ def score_label(score: dict[str, Any] | None) -> str:
     return f"{score['set']} {score['metric']} {score['value']:.3f} ± {score['stderr']:.3f}"
 
 
+def step0_score(evaluation_dir: Path, decision: dict[str, Any]) -> dict[str, Any] | None:
+    """Step 0's score on the set and metric the evaluation's gate decided on, from its table."""
+    import csv
+
+    wanted, metric = decision.get("set", "facts"), decision.get("metric", "acc")
+    try:
+        with open(evaluation_dir / "evaluation.csv", newline="") as handle:
+            row = next((r for r in csv.DictReader(handle) if r["set"] == wanted and r["step"] == "0"), None)
+    except OSError:
+        return None
+    if row is None:
+        return None
+    return {"set": wanted, "metric": metric, "value": float(row[metric]), "stderr": float(row[f"{metric}_stderr"])}
+
+
 def list_models(store_root: str | Path) -> list[ServableModel]:
     """Every export's merged model and GGUF files, newest export first, then the base models.
 
     Reads manifests and `export.json` only; a version without one (an export that chose nothing) or
     with an unreadable one adds nothing. A base model is labelled with its step-0 score from the
-    newest export made from it.
+    newest export made from it, else from the newest evaluation of it.
     """
     from loretune.store import ArtifactStore
 
@@ -87,9 +102,14 @@ def list_models(store_root: str | Path) -> list[ServableModel]:
         for quant, entry in sorted(info.get("gguf", {}).items()):
             found.append(ServableModel(f"{name} · GGUF {quant} (llama.cpp) · {score} · {when}", "gguf",
                                        folder / entry["file"], None, manifest["created_at"], score))
+    for manifest in reversed(store.versions("evaluation")):  # bases never exported: their step 0
+        base_ref = manifest.get("inputs", {}).get("base", "").replace("@", "/")
+        if base_ref and base_ref not in base_scores:
+            base_scores[base_ref] = score_label(step0_score(store.local_path("evaluation", manifest["version"]),
+                                                            manifest.get("details", {}).get("promotion", {})))
     for manifest in reversed(store.versions("model")):
         base = manifest.get("details", {}).get("base", "model")
-        score = base_scores.get(f"model/{manifest['version']}", "step 0: not evaluated with an export")
+        score = base_scores.get(f"model/{manifest['version']}", "not evaluated")
         found.append(ServableModel(f"base: {base} ({manifest['version'][:8]}) · {score}", "base",
                                    store.local_path("model", manifest["version"]), None,
                                    manifest["created_at"], score))
