@@ -6,16 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from loretune.config import ExportConfig
 from loretune.fingerprint import code_version
 from loretune.store import ArtifactRef
-from loretune.tasks.evaluation import TABLE
 from loretune.tasks.stage import StageCache, announce, publish_stage
-from loretune.tasks.training import base_model_location
 from loretune.training import dataset, export, exports, parity
 from loretune.training.base_models import TINY
 from loretune.training.sft import list_checkpoints
@@ -37,18 +34,6 @@ def choose_checkpoint(wanted: str, promoted: str | None, names: list[str]) -> tu
     return chosen, f"{chosen}, named by export.checkpoint ({wanted})"
 
 
-def checkpoint_score(evaluation: ArtifactRef, checkpoint: str | None, step0: bool = False) -> dict[str, Any] | None:
-    """The checkpoint's (or step 0's) score on the set and metric the gate decides on."""
-    decision = evaluation.manifest()["details"]["promotion"]
-    table = pd.read_csv(evaluation.local_path() / TABLE)
-    rows = table[(table["set"] == decision["set"]) & ((table["step"] == 0) if step0 else (table["checkpoint"] == checkpoint))]
-    if rows.empty:
-        return None
-    row = rows.iloc[0]
-    return {"set": decision["set"], "metric": decision["metric"], "value": float(row[decision["metric"]]),
-            "stderr": float(row[f"{decision['metric']}_stderr"]), "n": int(row["n"])}
-
-
 def select(evaluation: ArtifactRef, checkpoints: ArtifactRef, wanted: str) -> dict[str, Any]:
     """What the export stage keys on from the evaluation: the chosen checkpoint and its scores, not
     the evaluation's version, so scoring a new user set that changes no decision exports nothing anew."""
@@ -56,8 +41,8 @@ def select(evaluation: ArtifactRef, checkpoints: ArtifactRef, wanted: str) -> di
     chosen, why = choose_checkpoint(wanted, decision["promoted"],
                                     [c.path.name for c in list_checkpoints(checkpoints.local_path())])
     return {"checkpoint": chosen, "why": why, "promoted": chosen is not None and chosen == decision["promoted"],
-            "score": checkpoint_score(evaluation, chosen) if chosen else None,
-            "base_score": checkpoint_score(evaluation, None, step0=True)}
+            "score": exports.table_score(evaluation.local_path(), decision, chosen) if chosen else None,
+            "base_score": exports.table_score(evaluation.local_path(), decision)}
 
 
 @task(name="export", cache_policy=EXPORT, persist_result=True)

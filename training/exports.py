@@ -59,19 +59,22 @@ def score_label(score: dict[str, Any] | None) -> str:
     return f"{score['set']} {score['metric']} {score['value']:.3f} ± {score['stderr']:.3f}"
 
 
-def step0_score(evaluation_dir: Path, decision: dict[str, Any]) -> dict[str, Any] | None:
-    """Step 0's score on the set and metric the evaluation's gate decided on, from its table."""
+def table_score(evaluation_dir: Path, decision: dict[str, Any], checkpoint: str | None = None) -> dict[str, Any] | None:
+    """A checkpoint's score (step 0's when `checkpoint` is None) on the set and metric the
+    evaluation's gate decided on, from the evaluation's table."""
     import csv
 
     wanted, metric = decision.get("set", "facts"), decision.get("metric", "acc")
     try:
-        with open(evaluation_dir / "evaluation.csv", newline="") as handle:
-            row = next((r for r in csv.DictReader(handle) if r["set"] == wanted and r["step"] == "0"), None)
+        with open(evaluation_dir / "evaluation.csv", newline="") as handle:  # tasks/evaluation.py TABLE
+            row = next((r for r in csv.DictReader(handle) if r["set"] == wanted
+                        and (r["step"] == "0" if checkpoint is None else r["checkpoint"] == checkpoint)), None)
     except OSError:
         return None
     if row is None:
         return None
-    return {"set": wanted, "metric": metric, "value": float(row[metric]), "stderr": float(row[f"{metric}_stderr"])}
+    return {"set": wanted, "metric": metric, "value": float(row[metric]), "stderr": float(row[f"{metric}_stderr"]),
+            "n": int(row["n"])}
 
 
 def list_models(store_root: str | Path) -> list[ServableModel]:
@@ -105,7 +108,7 @@ def list_models(store_root: str | Path) -> list[ServableModel]:
     for manifest in reversed(store.versions("evaluation")):  # bases never exported: their step 0
         base_ref = manifest.get("inputs", {}).get("base", "").replace("@", "/")
         if base_ref and base_ref not in base_scores:
-            base_scores[base_ref] = score_label(step0_score(store.local_path("evaluation", manifest["version"]),
+            base_scores[base_ref] = score_label(table_score(store.local_path("evaluation", manifest["version"]),
                                                             manifest.get("details", {}).get("promotion", {})))
     for manifest in reversed(store.versions("model")):
         base = manifest.get("details", {}).get("base", "model")
