@@ -111,31 +111,26 @@ def strip_added_token(folder: Path, token: str) -> None:
     refuses a vocabulary larger than the model's. Serving text needs no placeholder; the chat UI
     adds it back when it loads the projector.
     """
-    tokenizer_json = folder / "tokenizer.json"
-    if tokenizer_json.exists():
-        data = json.loads(tokenizer_json.read_text())
-        data["added_tokens"] = [t for t in data.get("added_tokens", []) if t.get("content") != token]
-        tokenizer_json.write_text(json.dumps(data, ensure_ascii=False, indent=2))
-    config_file = folder / "tokenizer_config.json"
-    if config_file.exists():
-        config = json.loads(config_file.read_text())
-        decoder = config.get("added_tokens_decoder", {})
-        config["added_tokens_decoder"] = {k: v for k, v in decoder.items() if v.get("content") != token}
-        config["extra_special_tokens"] = [t for t in config.get("extra_special_tokens", []) if t != token] \
-            if isinstance(config.get("extra_special_tokens"), list) else config.get("extra_special_tokens", {})
-        if isinstance(config.get("additional_special_tokens"), list):
-            config["additional_special_tokens"] = [t for t in config["additional_special_tokens"] if t != token]
-        config_file.write_text(json.dumps(config, ensure_ascii=False, indent=2))
-    for name in ("added_tokens.json", "special_tokens_map.json"):
+    def keep(entry: Any) -> bool:
+        return (entry.get("content") if isinstance(entry, dict) else entry) != token
+
+    # Where transformers' tokenizer files list added tokens: lists of strings or {"content": ...}
+    # entries, the id -> entry map of tokenizer_config.json, and added_tokens.json's token -> id.
+    places = {"tokenizer.json": ["added_tokens"], "special_tokens_map.json": ["additional_special_tokens"],
+              "tokenizer_config.json": ["added_tokens_decoder", "additional_special_tokens", "extra_special_tokens"]}
+    for name, keys in places.items():
         path = folder / name
         if path.exists():
             data = json.loads(path.read_text())
-            if name == "added_tokens.json":
-                data.pop(token, None)
-            elif isinstance(data.get("additional_special_tokens"), list):
-                data["additional_special_tokens"] = [t for t in data["additional_special_tokens"]
-                                                     if (t.get("content") if isinstance(t, dict) else t) != token]
+            for key in keys:
+                if isinstance(data.get(key), list):
+                    data[key] = [entry for entry in data[key] if keep(entry)]
+                elif key == "added_tokens_decoder" and isinstance(data.get(key), dict):
+                    data[key] = {k: v for k, v in data[key].items() if keep(v)}
             path.write_text(json.dumps(data, ensure_ascii=False, indent=2))
+    added = folder / "added_tokens.json"
+    if added.exists():
+        added.write_text(json.dumps({k: v for k, v in json.loads(added.read_text()).items() if k != token}, indent=2))
 
 
 # --- GGUF ---------------------------------------------------------------------------------------
