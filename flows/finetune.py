@@ -28,14 +28,15 @@ def finetune(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] 
     cfg = resolve_config(config, overrides, sample_sources)
     user_sets, model_source = preflight(config, cfg)  # a broken set or model fails here, before any work
     tools = converter_version() if cfg.export.enabled else {}  # so does a missing llama.cpp
+    maths = runtime(cfg.training.backend, cfg.model.load_in_4bit)  # and a backend this machine lacks
     store, ledger = cfg.store_uri(), {}
     common = dict(store=store, domain=cfg.domain)
     data = prepare_data(cfg, ledger)
     base = run_stage(build_base_model, ledger, **common, params=cfg.model, source=model_source,
                      dataset_ref=data["dataset"] if model_source["kind"] == TINY else None)
-    maths = runtime(cfg.training.backend)
     checkpoints = run_stage(train, ledger, **common, dataset_ref=data["dataset"], features=data["features"],
-                            base=base, params=cfg.training, image_tokens=cfg.model.image_tokens, runtime=maths)
+                            base=base, params=cfg.training, image_tokens=cfg.model.image_tokens, runtime=maths,
+                            load_in_4bit=cfg.model.load_in_4bit)
     evaluation = run_stage(evaluate_checkpoints, ledger, **common, checkpoints=checkpoints,
                            dataset_ref=data["dataset"], features=data["features"], base=base,
                            params=cfg.evaluation, max_length=cfg.training.max_length,

@@ -144,6 +144,9 @@ class ModelConfig(Section):
     tiny: TinyModelConfig = TinyModelConfig()
     chat_template: str | None = Field(None, description="a Jinja chat template replacing the model's own")
     image_tokens: int = Field(2, ge=1, le=64, description="soft tokens one image becomes")
+    # QLoRA: train on the base loaded in 4-bit (bitsandbytes NF4, bf16 compute); CUDA only. Evaluation
+    # and export read the same base in 16-bit, the adapter on top.
+    load_in_4bit: bool = False
 
 
 class LoraConfig(Section):

@@ -39,6 +39,9 @@ DEFAULT_SAMPLES_PORT = 8765
 POOL = "loretune-local"
 WORKER_NAME = "loretune-local-worker"
 DEMO_DEPLOYMENT = "finetune/naruto"
+# The tag training tasks carry (tasks/training.GPU_TAG) and how many may hold the GPU at once.
+GPU_TAG = "gpu"
+GPU_SLOTS = 1
 # The CLI of the Python running this module, so the stack never picks up another install's prefect.
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
@@ -169,6 +172,16 @@ class Stack:
         self.prefect("work-pool", "create", POOL, "--type", "process")
         print(f"work pool {POOL}: created")
 
+    def ensure_gpu_limit(self) -> None:
+        """One training task at a time on the GPU: flow runs whose train tasks carry the `gpu` tag
+        (tasks/training.py) queue for its single slot instead of sharing the card's memory."""
+        existing = _get(f"{self.api_url}/concurrency_limits/tag/{GPU_TAG}")
+        if isinstance(existing, dict) and existing.get("concurrency_limit") == GPU_SLOTS:
+            print(f"concurrency limit {GPU_TAG!r}: exists ({GPU_SLOTS})")
+            return
+        self.prefect("concurrency-limit", "create", GPU_TAG, str(GPU_SLOTS))
+        print(f"concurrency limit {GPU_TAG!r}: {GPU_SLOTS} slot")
+
     def deploy(self, prefect_file: Path) -> None:
         start = time.monotonic()
         self.prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(self.deployment_file(prefect_file)))
@@ -223,6 +236,7 @@ class Stack:
             timeout=60,
         )
         self.ensure_pool()
+        self.ensure_gpu_limit()
         self.deploy(prefect_file)
         self.start_worker()
 

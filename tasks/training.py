@@ -21,11 +21,16 @@ from loretune.multimodal import fusion
 from loretune.multimodal.clip import read_features
 from loretune.store import ArtifactRef
 from loretune.tasks.stage import StageCache, announce_png, publish_stage, stage_inputs
-from loretune.training import backends, base_models, chat, dataset, sft, tiny_model
+from loretune.training import backends, base_models, chat, dataset, sft, tiny_model, worker
 from loretune.training import scratch as scratch_dirs
 
 BASE_MODEL = StageCache(stage="model", code=code_version(tiny_model, base_models, chat))
-CHECKPOINTS = StageCache(stage="checkpoints", code=code_version(sft, chat, backends, fusion))
+# unsloth_lora.py by file: importing it imports unsloth, which only the training worker may do.
+UNSLOTH_LORA = Path(backends.__file__).with_name("unsloth_lora.py")
+CHECKPOINTS = StageCache(stage="checkpoints", code=code_version(sft, chat, backends, fusion, worker,
+                                                                files=[UNSLOTH_LORA]))
+# Flow runs that train take turns on a GPU: the stack gives this tag a concurrency limit of 1.
+GPU_TAG = "gpu"
 LOSS_PLOT = "loss.png"
 
 
@@ -69,11 +74,12 @@ def clip_spec(features: ArtifactRef) -> dict:
     return {"model": params.get("clip_model"), "pretrained": params.get("pretrained"), "seed": params.get("seed", 0)}
 
 
-@task(name="train", cache_policy=CHECKPOINTS, persist_result=True)
+@task(name="train", cache_policy=CHECKPOINTS, persist_result=True, tags=[GPU_TAG])
 def train(store: str, domain: str, dataset_ref: ArtifactRef, features: ArtifactRef, base: ArtifactRef,
-          params: TrainingConfig, image_tokens: int, runtime: dict) -> ArtifactRef:
+          params: TrainingConfig, image_tokens: int, runtime: dict, load_in_4bit: bool = False) -> ArtifactRef:
     """`runtime` (backend, device, dtype, library versions) is part of the version: a new torch or
-    a GPU machine trains anew rather than reusing checkpoints made under other maths."""
+    a GPU machine trains anew rather than reusing checkpoints made under other maths. Training
+    itself runs where `runtime["backend"]` says: here for hf, in a process of its own for unsloth."""
     logger = get_run_logger()
     scratch = state_dir() / "work" / f"{scratch_dirs.PREFIX}{CHECKPOINTS.version(stage_inputs())}"
     vectors = read_features(features.local_path() / "features.parquet")
@@ -89,15 +95,21 @@ def train(store: str, domain: str, dataset_ref: ArtifactRef, features: ArtifactR
             update_progress_artifact(bar, progress=100.0 * step / max(max_steps, 1),
                                      description=f"training step {step} of {max_steps}")
 
-        checkpoints = sft.train(
-            dataset_dir=dataset_ref.local_path(), features=vectors,
+        checkpoints = worker.train_checkpoints(
+            backend=runtime["backend"], dataset_dir=dataset_ref.local_path(), features=vectors,
             clip_dim=features.manifest()["counts"]["embed_dim"], base_model=base_model_location(base),
             output_dir=scratch, cfg=params, image_tokens=image_tokens, log=logger.info, progress=progress,
-            clip=clip_spec(features))
+            clip=clip_spec(features), load_in_4bit=load_in_4bit)
         published = sft.publish_checkpoints(scratch, out)
         sft.plot_losses(published[-1].path / "trainer_state.json", out / LOSS_PLOT, title=f"{domain}: loss per step")
         labels = json.loads((out / sft.LABELS_FILE).read_text())
-        return {"checkpoints": len(published), "steps": checkpoints[-1].step,
+        run = json.loads((out / sft.TRAINING_RUN_FILE).read_text())
+        for backoff in run["oom_backoffs"]:
+            logger.warning("train: out of GPU memory at step %s; went on with batch %s x accumulation %s",
+                           backoff["at_step"], backoff["batch_size"], backoff["gradient_accumulation_steps"])
+        return {"checkpoints": len(published), "steps": checkpoints[-1].step, "backend": run["backend"],
+                "load_in_4bit": run["load_in_4bit"], "images": run["images"],
+                "oom_backoffs": len(run["oom_backoffs"]), "training_run": run,
                 "examples_without_trainable_tokens": labels["no_trainable_tokens"],
                 "examples_with_truncated_answers": labels["truncated_answers"], "label_check": labels}
 

@@ -161,10 +161,20 @@ def test_demo_runs_finetune_through_the_deployment(stack_env):
     manifests = list((home / "store").glob("*/*/manifest.json"))
     assert manifests, f"no artifacts in {home / 'store'}"
 
+    # Training takes the GPU's one slot: the stack made the tag's limit, and the train task carried the tag.
+    with urllib.request.urlopen(f"{api}/concurrency_limits/tag/{stack.GPU_TAG}") as response:
+        assert json.load(response)["concurrency_limit"] == stack.GPU_SLOTS == 1
+    request = urllib.request.Request(f"{api}/task_runs/filter", method="POST", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"flow_runs": {"id": {"any_": [flow_run_id]}}}).encode())
+    with urllib.request.urlopen(request) as response:
+        task_runs = json.load(response)
+    assert [stack.GPU_TAG in t["tags"] for t in task_runs if t["name"].startswith("train")] == [True], task_runs
+
     # Starting again reuses all three instead of starting second copies.
     again = run_stack(stack_env, "up", timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.count("reusing") == 3, again.stdout
+    assert f"concurrency limit {stack.GPU_TAG!r}: exists" in again.stdout, again.stdout
 
     down = run_stack(stack_env, "down", timeout=120)
     assert down.stdout.count("stopped (process group") == 3, down.stdout

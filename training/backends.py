@@ -1,11 +1,22 @@
 """Which trainer runs, and loading the base model for it.
 
-unsloth refuses to import without a CUDA GPU, so it is never imported here at module level; the
-transformers + PEFT + TRL path works everywhere and is what CPU machines (CI, laptops) use.
+Two backends train the same LoRA config into the same checkpoint layout:
+
+- `hf`: transformers + PEFT + TRL, everywhere (CPU machines, CI, laptops, and CUDA without unsloth);
+  on CUDA it can load the base in 4-bit through bitsandbytes (QLoRA).
+- `unsloth`: unsloth's FastLanguageModel on CUDA (its kernels, 4-bit or 16-bit). unsloth patches
+  transformers, PEFT and TRL when it is imported and refuses to import without a GPU, so nothing
+  here imports it: training with it runs in a process of its own that imports it first
+  (`training/worker.py`). Whether it is installed is asked of the import system without importing it.
+
+`auto` takes unsloth where CUDA and unsloth are both there, else hf; the backend it resolves to is
+part of the training stage's version (`runtime`).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,6 +27,10 @@ class BackendUnavailable(RuntimeError):
     """The configured training backend cannot run on this machine; the message says why."""
 
 
+def unsloth_installed() -> bool:
+    return importlib.util.find_spec("unsloth") is not None
+
+
 def resolve_backend(requested: str, log: Callable[[str], None] = print) -> str:
     cuda = torch.cuda.is_available()
     if requested == "unsloth":
@@ -24,25 +39,41 @@ def resolve_backend(requested: str, log: Callable[[str], None] = print) -> str:
                 "training.backend=unsloth needs a CUDA GPU, and torch sees none here; "
                 "use training.backend=hf (or auto) on this machine"
             )
-        raise BackendUnavailable(
-            "training.backend=unsloth is not wired up yet (it has its own issue); use training.backend=hf"
-        )
+        if not unsloth_installed():
+            raise BackendUnavailable("training.backend=unsloth: unsloth is not installed in this environment; "
+                                     "pip install 'loretune[gpu]', or use training.backend=hf")
+        return "unsloth"
     if requested == "auto" and cuda:
-        log("training: CUDA is available but the unsloth path is not wired up yet; using transformers + PEFT + TRL")
+        if unsloth_installed():
+            return "unsloth"
+        log("training: CUDA is available but unsloth is not installed; using transformers + PEFT + TRL")
     return "hf"
 
 
-def runtime(requested_backend: str) -> dict[str, str]:
+def runtime(requested_backend: str, load_in_4bit: bool = False) -> dict[str, str]:
     """Everything outside the config that changes what training and evaluation compute: the
     resolved backend, device and dtype, and the versions of the libraries that do the maths. Stages
     take it as a parameter, so it is part of their version and recorded in their manifest."""
-    import importlib.metadata
-
     device = default_device()
+    backend = resolve_backend(requested_backend, log=lambda message: None)
+    if load_in_4bit:
+        check_4bit(device)
+    libraries = ["transformers", "peft", "trl"]
+    if backend == "unsloth":
+        libraries += ["unsloth", "unsloth_zoo"]
+    if load_in_4bit:
+        libraries.append("bitsandbytes")
     versions = {"torch": torch.__version__,  # with its build tag: a CUDA and a CPU build differ
-                **{name: importlib.metadata.version(name) for name in ("transformers", "peft", "trl")}}
-    return {"backend": resolve_backend(requested_backend, log=lambda message: None), "device": device,
+                **{name: _version(name) for name in libraries}}
+    return {"backend": backend, "device": device,
             "dtype": str(model_dtype(device)).removeprefix("torch."), **versions}
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def model_dtype(device: str) -> torch.dtype:
@@ -50,13 +81,40 @@ def model_dtype(device: str) -> torch.dtype:
     return torch.float32 if device == "cpu" else torch.bfloat16
 
 
-def load_base(base_model: str, device: str, attn_implementation: str = "sdpa") -> tuple[Any, Any]:
+def quantization_config(load_in_4bit: bool, device: str) -> Any | None:
+    """bitsandbytes NF4 with bf16 compute for QLoRA; refused off CUDA, where bitsandbytes has no kernels."""
+    if not load_in_4bit:
+        return None
+    check_4bit(device)
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def check_4bit(device: str) -> None:
+    if device != "cuda":
+        raise BackendUnavailable("model.load_in_4bit needs a CUDA GPU (bitsandbytes' 4-bit kernels), and torch "
+                                 "sees none here; set model.load_in_4bit: false on this machine")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise BackendUnavailable("model.load_in_4bit needs bitsandbytes, which is not installed: "
+                                 "pip install 'loretune[gpu]'")
+
+
+def load_base(base_model: str, device: str, attn_implementation: str = "sdpa",
+              load_in_4bit: bool = False) -> tuple[Any, Any]:
     """Tokenizer and causal LM from the model stage's folder, with explicit dtype and attention."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    quantization = quantization_config(load_in_4bit, device)
+    if quantization is not None:  # bitsandbytes places the quantised weights itself
+        model = AutoModelForCausalLM.from_pretrained(base_model, dtype=model_dtype(device), device_map={"": 0},
+                                                     quantization_config=quantization,
+                                                     attn_implementation=attn_implementation)
+        return tokenizer, model
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=model_dtype(device),
                                                  attn_implementation=attn_implementation).to(device)
     return tokenizer, model

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from datasets import DatasetDict
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
@@ -31,6 +31,8 @@ from loretune.training.chat import IGNORE, ChatFormat, add_image_token, encode_c
 
 MULTIMODAL_FILE = "loretune_multimodal.json"
 LABELS_FILE = "label_check.json"
+# The backend, quantisation and batch the run really trained with (out-of-memory back-offs included).
+TRAINING_RUN_FILE = "training_run.json"
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,41 @@ def load_for_checkpoints(base_model: str, checkpoints_dir: Path, attn_implementa
     return Loaded(tokenizer, model, ChatFormat.load(Path(base_model)), spec, device)
 
 
+MAX_OOM_BACKOFFS = 2
+
+
+class OutOfMemory(RuntimeError):
+    """Training ran out of GPU memory at the smallest batch the back-off allows; the message says
+    what was tried and what to change."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA allocation failure, as torch raises it (or as older code paths word it)."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "CUDA out of memory" in str(exc))
+
+
+def prepare_model(base_model: str, cfg: TrainingConfig, backend: str, load_in_4bit: bool, device: str,
+                  clip_dim: int, image_tokens: int, stats: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Tokenizer, the LoRA-wrapped model with the image projector trainable, and the projector."""
+    if backend == "unsloth":
+        from loretune.training import unsloth_lora  # the worker process imported unsloth first
+
+        tokenizer, model = unsloth_lora.load(base_model, cfg, load_in_4bit)
+    else:
+        tokenizer, model = load_base(base_model, device, cfg.attn_implementation, load_in_4bit)
+        if load_in_4bit:  # fp32 norms, input grads and checkpointing set up as QLoRA needs
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    projector = attach_projector(model, clip_dim, image_tokens, seed=cfg.seed, stats=stats,
+                                 image_token_id=add_image_token(tokenizer))
+    torch.manual_seed(cfg.seed)
+    if backend == "unsloth":
+        model = unsloth_lora.wrap(model, cfg, extra_modules=[PROJECTOR_NAME])
+    else:
+        model = get_peft_model(model, lora_config(cfg))
+    return tokenizer, model, projector
+
+
 def train(
     *,
     dataset_dir: Path,
@@ -205,22 +242,29 @@ def train(
     log: Callable[[str], None] = print,
     progress: Callable[[int, int], None] | None = None,
     clip: dict[str, Any] | None = None,
+    backend: str | None = None,
+    load_in_4bit: bool = False,
 ) -> list[Checkpoint]:
     """Train, saving a checkpoint every `save_steps` into `output_dir`; resumes if it holds any.
 
     `clip` (model, pretrained, seed) names the CLIP the features came from, recorded with the
-    projector so whoever feeds it a new picture (the chat UI) embeds it with the same CLIP."""
-    resolve_backend(cfg.backend, log)
+    projector so whoever feeds it a new picture (the chat UI) embeds it with the same CLIP.
+    `backend` is the resolved backend (`backends.resolve_backend`); `unsloth` only in a process
+    that imported unsloth first (`training/worker.py` runs it so).
+
+    A CUDA out-of-memory error retries with half the per-device batch and twice the gradient
+    accumulation, the same effective batch, at most `MAX_OOM_BACKOFFS` times, from the last
+    checkpoint; what happened is in `TRAINING_RUN_FILE`.
+    """
+    backend = backend or resolve_backend(cfg.backend, log)
     device = default_device()
-    tokenizer, model = load_base(base_model, device, cfg.attn_implementation)
     fmt = ChatFormat.load(Path(base_model))
     stats = feature_stats(np.stack(list(features.values())) if features else np.zeros((0, clip_dim)))
-    projector = attach_projector(model, clip_dim, image_tokens, seed=cfg.seed, stats=stats,
-                                 image_token_id=add_image_token(tokenizer))
-    torch.manual_seed(cfg.seed)
-    model = get_peft_model(model, lora_config(cfg))
+    tokenizer, model, projector = prepare_model(base_model, cfg, backend, load_in_4bit, device, clip_dim,
+                                                image_tokens, stats)
     trainable, total = model.get_nb_trainable_parameters()
-    log(f"train: {trainable:,} trainable of {total:,} parameters (LoRA r={cfg.lora.r} + image projector "
+    log(f"train: {backend} backend{' (4-bit base)' if load_in_4bit else ''} on {device}: {trainable:,} trainable "
+        f"of {total:,} parameters (LoRA r={cfg.lora.r} + image projector "
         f"{sum(p.numel() for p in projector.parameters()):,})")
 
     data = prompt_completion_splits(dataset_dir, fmt, features, image_tokens)
@@ -236,59 +280,112 @@ def train(
          "projector_parameters": projector_parameters(clip_dim, projector.hidden_size, image_tokens),
          "feature_stats": stats, "base_model": base_label(base_model), **({"clip": clip} if clip else {})}
     ))
-    args = SFTConfig(
-        output_dir=str(output_dir),
-        max_steps=cfg.max_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        eval_strategy="steps" if has_validation else "no",
-        eval_steps=cfg.save_steps,
-        logging_steps=max(1, min(20, cfg.save_steps // 2)),
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        max_length=cfg.max_length,
-        packing=cfg.packing,
-        # TRL defaults bf16=True and gradient checkpointing on: both set here, from the config.
-        bf16=device == "cuda",
-        fp16=False,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        report_to="none",
-        disable_tqdm=True,
-        use_cpu=device == "cpu",
-        dataloader_pin_memory=False,
-        remove_unused_columns=False,
-        completion_only_loss=True,
-        # Validation needs the loss only. Without this the Trainer gathers every validation
-        # example's logits (examples x length x vocabulary: 5 GB for SmolLM2's 49k vocabulary).
-        prediction_loss_only=True,
-    )
-    trainer = FusionSFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=data["train"],
-        eval_dataset=data["validation"] if has_validation else None,
-        processing_class=tokenizer,
-        data_collator=FusionCollator(tokenizer.pad_token_id, features, clip_dim),
-        callbacks=[ProgressLog(log, progress)],
-    )
-    trainer.remove_callback(PrinterCallback)  # it prints raw dicts to stdout; ProgressLog logs them
-    if len(trainer.train_dataset) != labels["examples"] - labels["no_trainable_tokens"]:
-        log(f"train: warning: TRL kept {len(trainer.train_dataset)} examples, the label check expected "
-            f"{labels['examples'] - labels['no_trainable_tokens']}")
-    for partial in discard_incomplete(output_dir):
-        log(f"train: removed {partial}, left half-written by an interrupted save")
-    last = list_checkpoints(output_dir)
-    if last:
-        log(f"train: resuming from {last[-1].path.name} (step {last[-1].step} of {cfg.max_steps})")
-    trainer.train(resume_from_checkpoint=str(last[-1].path) if last else None)
+
+    def make_trainer(batch_size: int, accumulation: int) -> FusionSFTTrainer:
+        args = SFTConfig(
+            output_dir=str(output_dir),
+            max_steps=cfg.max_steps,
+            save_strategy="steps",
+            save_steps=cfg.save_steps,
+            eval_strategy="steps" if has_validation else "no",
+            eval_steps=cfg.save_steps,
+            logging_steps=max(1, min(20, cfg.save_steps // 2)),
+            train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+            per_device_train_batch_size=batch_size,
+            per_device_eval_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            learning_rate=cfg.learning_rate,
+            lr_scheduler_type=cfg.lr_scheduler,
+            warmup_steps=cfg.warmup_ratio,
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            max_length=cfg.max_length,
+            packing=cfg.packing,
+            # TRL defaults bf16=True and gradient checkpointing on: both set here, from the config.
+            # unsloth checkpoints in its own way (`unsloth_lora.wrap`), so the Trainer must not too.
+            bf16=device == "cuda",
+            fp16=False,
+            gradient_checkpointing=cfg.gradient_checkpointing and backend == "hf",
+            report_to="none",
+            disable_tqdm=True,
+            use_cpu=device == "cpu",
+            dataloader_pin_memory=False,
+            remove_unused_columns=False,
+            completion_only_loss=True,
+            # Validation needs the loss only. Without this the Trainer gathers every validation
+            # example's logits (examples x length x vocabulary: 5 GB for SmolLM2's 49k vocabulary).
+            prediction_loss_only=True,
+        )
+        trainer = FusionSFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=data["train"],
+            eval_dataset=data["validation"] if has_validation else None,
+            processing_class=tokenizer,
+            data_collator=FusionCollator(tokenizer.pad_token_id, features, clip_dim),
+            callbacks=[ProgressLog(log, progress)],
+        )
+        trainer.remove_callback(PrinterCallback)  # it prints raw dicts to stdout; ProgressLog logs them
+        return trainer
+
+    # What a retry after an out-of-memory error starts from when no checkpoint was saved yet: the
+    # adapter and projector as initialised (a checkpoint, when there is one, overwrites them).
+    initial = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    record = {"backend": backend, "load_in_4bit": load_in_4bit, "device": device, "images": "fused",
+              "batch_size": cfg.batch_size, "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+              "effective_batch": cfg.batch_size * cfg.gradient_accumulation_steps, "oom_backoffs": []}
+    batch_size, accumulation = cfg.batch_size, cfg.gradient_accumulation_steps
+    while True:
+        trainer = make_trainer(batch_size, accumulation)
+        if not record["oom_backoffs"] and len(trainer.train_dataset) != labels["examples"] - labels["no_trainable_tokens"]:
+            log(f"train: warning: TRL kept {len(trainer.train_dataset)} examples, the label check expected "
+                f"{labels['examples'] - labels['no_trainable_tokens']}")
+        for partial in discard_incomplete(output_dir):
+            log(f"train: removed {partial}, left half-written by an interrupted save")
+        last = list_checkpoints(output_dir)
+        if last:
+            log(f"train: resuming from {last[-1].path.name} (step {last[-1].step} of {cfg.max_steps})")
+        try:
+            trainer.train(resume_from_checkpoint=str(last[-1].path) if last else None)
+            break
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            step = trainer.state.global_step
+            tried = f"batch {batch_size} x accumulation {accumulation}"
+            if len(record["oom_backoffs"]) >= MAX_OOM_BACKOFFS or batch_size < 2 or batch_size % 2:
+                why = (f"after {MAX_OOM_BACKOFFS} back-offs" if len(record["oom_backoffs"]) >= MAX_OOM_BACKOFFS
+                       else f"batch {batch_size} cannot be halved with the same effective batch")
+                raise OutOfMemory(f"training ran out of GPU memory at step {step} with {tried} ({why}); lower "
+                                  "training.max_length or training.batch_size (raise gradient_accumulation_steps "
+                                  "to keep the effective batch), set training.gradient_checkpointing: true or "
+                                  "model.load_in_4bit: true") from exc
+            del trainer
+            release_memory(model, initial)
+            batch_size, accumulation = batch_size // 2, accumulation * 2
+            record["oom_backoffs"].append({"at_step": step, "batch_size": batch_size,
+                                           "gradient_accumulation_steps": accumulation})
+            log(f"train: CUDA out of memory at step {step} with {tried}; retrying with batch {batch_size} x "
+                f"accumulation {accumulation} (the same effective batch {batch_size * accumulation})")
+    record.update(final_batch_size=batch_size, final_gradient_accumulation_steps=accumulation)
+    (output_dir / TRAINING_RUN_FILE).write_text(json.dumps(record, indent=2))
     return list_checkpoints(output_dir)
+
+
+def release_memory(model: Any, initial: dict[str, torch.Tensor]) -> None:
+    """After an out-of-memory error: free what the failed attempt held, and put the trainable
+    weights back as initialised, so a retry without a checkpoint starts where the first one did."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in initial:
+                param.copy_(initial[name])
+        for param in model.parameters():
+            param.grad = None
 
 
 # What only resuming needs (and what names the training machine's paths): it stays in the
@@ -323,8 +420,9 @@ def publish_checkpoints(output_dir: Path, out: Path) -> list[Checkpoint]:
                   for k, v in config.items()}
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
         published.append(Checkpoint(checkpoint.step, target))
-    for name in (MULTIMODAL_FILE, LABELS_FILE):
-        shutil.copy(output_dir / name, out / name)
+    for name in (MULTIMODAL_FILE, LABELS_FILE, TRAINING_RUN_FILE):
+        if (output_dir / name).exists():  # runs from before the training record have none
+            shutil.copy(output_dir / name, out / name)
     return published
 
 

@@ -1,0 +1,70 @@
+"""LoRA through unsloth's FastLanguageModel: the `unsloth` training backend.
+
+Imported only inside the training worker process after `import unsloth` (`training/worker.py`):
+unsloth patches transformers, PEFT and TRL at import and must come before them in its process.
+
+It trains exactly what the hf backend trains: the same r, alpha, dropout, target modules, rsLoRA
+and gradient checkpointing, and the image projector as a fully trained module saved with the
+adapter, so the checkpoints have the same layout and evaluation and export read them unchanged.
+Two things differ from the hf path, each for a reason in unsloth:
+
+- unsloth's `get_peft_model` accepts only embeddings and norms in `modules_to_save`, so the
+  projector is made a PEFT modules-to-save wrapper after the LoRA wrap, by PEFT's own function;
+  `adapter_config.json` then lists it, as it does for the hf backend.
+- the tokenizer is the model folder's own, not unsloth's: unsloth's tokenizer check removes added
+  tokens whose ids lie past the embedding matrix, and the image placeholder is one by design
+  (`multimodal/fusion.py`); `fix_tokenizer=False` keeps it, and the same loader as hf reads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from unsloth import FastLanguageModel  # first: this module is imported only where unsloth may patch
+
+from loretune.config import TrainingConfig
+
+
+def load(base_model: str, cfg: TrainingConfig, load_in_4bit: bool) -> tuple[Any, Any]:
+    """Tokenizer and unsloth's model from the model stage's folder, bf16 or 4-bit, on the GPU."""
+    from transformers import AutoTokenizer
+
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=str(Path(base_model).resolve()),  # absolute: a relative a/b is taken for a hub id
+        max_seq_length=cfg.max_length,
+        dtype=torch.bfloat16,
+        load_in_4bit=load_in_4bit,
+        fix_tokenizer=False,
+        offload_embedding=False,  # the image fusion embeds on the GPU, beside the projector
+    )
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, model
+
+
+def wrap(model: Any, cfg: TrainingConfig, extra_modules: list[str]) -> Any:
+    """unsloth's LoRA wrap with the config's settings, then `extra_modules` (the projector) trained
+    in full and saved with the adapter, as PEFT's `modules_to_save` does on the hf path."""
+    from peft.tuners.tuners_utils import BaseTuner
+    from peft.utils.other import set_additional_trainable_modules
+
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        use_rslora=cfg.lora.use_rslora,
+        modules_to_save=list(cfg.lora.modules_to_save) or None,
+        use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
+        random_state=cfg.seed,
+        bias="none",
+    )
+    config = model.peft_config[model.active_adapter]
+    config.modules_to_save = sorted({*(config.modules_to_save or []), *extra_modules})
+    set_additional_trainable_modules(model=model.base_model, peft_config=config,
+                                     model_config=BaseTuner.get_model_config(model), adapter_name=model.active_adapter)
+    return model

@@ -1,0 +1,113 @@
+"""Training in a process of its own, for the unsloth backend.
+
+unsloth must be imported before transformers, PEFT and TRL in its process (it patches them), and a
+Prefect task's process has long imported them. So `train_checkpoints` runs the unsloth backend as
+`python -m loretune.training.worker request.json`, a process whose first import of any of them is
+unsloth's; the hf backend trains in the caller's process, as it always has.
+
+This module imports nothing but the standard library at module level, so `-m` starts clean.
+The request is a JSON file beside the run's checkpoints (the features as an .npz beside it); the
+worker prints its log lines to stdout and its progress as `PROGRESS <step> <max_steps>` lines,
+which the caller turns back into its logger and progress bar. A failure exits non-zero with the
+error's last line, which the caller raises as `TrainingFailed`, with the tail of the output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+REQUEST_FILE = "train_request.json"
+FEATURES_FILE = "train_features.npz"
+PROGRESS = "PROGRESS "
+
+
+class TrainingFailed(RuntimeError):
+    """The training process failed; the message carries the end of its output."""
+
+
+def train_checkpoints(*, backend: str, features: dict[str, Any], output_dir: Path, log: Callable[[str], None] = print,
+                      progress: Callable[[int, int], None] | None = None, **kwargs: Any) -> list[Any]:
+    """`sft.train` with the resolved `backend`: in this process for hf, in a fresh one for unsloth.
+    kwargs are `sft.train`'s (dataset_dir, clip_dim, base_model, cfg, image_tokens, clip, load_in_4bit)."""
+    if backend != "unsloth":
+        from loretune.training import sft
+
+        return sft.train(backend=backend, features=features, output_dir=output_dir, log=log, progress=progress,
+                         **kwargs)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_request(output_dir, backend=backend, features=features, **kwargs)
+    run_worker(output_dir, log, progress)
+    from loretune.training.sft import list_checkpoints
+
+    return list_checkpoints(output_dir)
+
+
+def write_request(output_dir: Path, *, backend: str, features: dict[str, Any], cfg: Any, **kwargs: Any) -> Path:
+    import numpy as np
+
+    np.savez(output_dir / FEATURES_FILE, **{sha: np.asarray(v, dtype=np.float32) for sha, v in features.items()})
+    request = {"backend": backend, "cfg": cfg.model_dump(mode="json"),
+               **{k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()}}
+    path = output_dir / REQUEST_FILE
+    path.write_text(json.dumps(request, indent=2))
+    return path
+
+
+def run_worker(output_dir: Path, log: Callable[[str], None], progress: Callable[[int, int], None] | None,
+               python: str = sys.executable) -> None:
+    """Run the worker on `output_dir`'s request, relaying its lines as they come."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+           "UNSLOTH_DISABLE_STATISTICS": "1"}
+    command = [python, "-m", "loretune.training.worker", str(output_dir / REQUEST_FILE)]
+    tail: deque[str] = deque(maxlen=40)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as process:
+        for line in process.stdout:
+            line = line.rstrip("\n")
+            if line.startswith(PROGRESS):
+                step, max_steps = map(int, line[len(PROGRESS):].split())
+                if progress:
+                    progress(step, max_steps)
+                continue
+            tail.append(line)
+            if line.strip():
+                log(line)
+    if process.returncode:
+        raise TrainingFailed(f"the training process ({' '.join(command[1:4])}) exited with {process.returncode}; "
+                             "its last lines:\n" + "\n".join(tail))
+
+
+def main(argv: list[str]) -> int:
+    request_file = Path(argv[0])
+    request = json.loads(request_file.read_text())
+    if request["backend"] == "unsloth":
+        import unsloth  # noqa: F401  first: it patches transformers, PEFT and TRL, which come next
+
+    import numpy as np
+
+    from loretune.config import TrainingConfig
+    from loretune.training import sft
+
+    folder = request_file.parent
+    with np.load(folder / FEATURES_FILE) as stored:
+        features = {sha: stored[sha] for sha in stored.files}
+
+    def progress(step: int, max_steps: int) -> None:
+        print(f"{PROGRESS}{step} {max_steps}", flush=True)
+
+    sft.train(
+        dataset_dir=Path(request["dataset_dir"]), features=features, clip_dim=request["clip_dim"],
+        base_model=request["base_model"], output_dir=folder, cfg=TrainingConfig.model_validate(request["cfg"]),
+        image_tokens=request["image_tokens"], clip=request.get("clip"), backend=request["backend"],
+        load_in_4bit=request.get("load_in_4bit", False), log=lambda line: print(line, flush=True), progress=progress,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
