@@ -135,6 +135,7 @@ def test_unsloth_trains_in_its_own_process_imported_first_into_the_same_checkpoi
     assert Path(loaded["model_name"]).is_absolute() and loaded["max_seq_length"] == 64
     assert loaded["dtype"] == "torch.bfloat16" and loaded["load_in_4bit"] is False
     assert loaded["fix_tokenizer"] is False, "unsloth's check would drop the image placeholder token"
+    assert loaded["use_gradient_checkpointing"] == "unsloth", "set at load too, where unsloth defaults it on"
     wrapped = next(c for c in calls if c["event"] == "get_peft_model")
     assert (wrapped["r"], wrapped["lora_alpha"], wrapped["lora_dropout"], wrapped["use_rslora"]) == (4, 8, 0.0, True)
     assert wrapped["target_modules"] == sorted(cfg.lora.target_modules)
@@ -155,6 +156,14 @@ def test_unsloth_trains_in_its_own_process_imported_first_into_the_same_checkpoi
         assert "image_projector" in fast_config["modules_to_save"]
     run = json.loads((tmp_path / "unsloth" / sft.TRAINING_RUN_FILE).read_text())
     assert run["backend"] == "unsloth" and run["images"] == "fused" and run["oom_backoffs"] == []
+
+
+def test_unsloth_checkpoints_only_when_the_config_asks(lore, tmp_path, monkeypatch):
+    calls_file = fake_unsloth(monkeypatch, tmp_path)
+    worker.train_checkpoints(backend="unsloth", output_dir=tmp_path / "out", cfg=config(max_steps=1, save_steps=1),
+                             log=lambda m: None, **lore)
+    calls = [json.loads(line) for line in calls_file.read_text().splitlines()]
+    assert [c["use_gradient_checkpointing"] for c in calls if c["event"] != "import"] == [False, False]
 
 
 def test_a_failing_worker_is_an_error_that_carries_its_output(lore, tmp_path, monkeypatch):

@@ -38,11 +38,18 @@ def load(base_model: str, cfg: TrainingConfig, load_in_4bit: bool) -> tuple[Any,
         load_in_4bit=load_in_4bit,
         fix_tokenizer=False,
         offload_embedding=False,  # the image fusion embeds on the GPU, beside the projector
+        use_gradient_checkpointing=checkpointing(cfg),  # its default, "unsloth", would turn it on here
+        random_state=cfg.seed,
     )
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, model
+
+
+def checkpointing(cfg: TrainingConfig) -> str | bool:
+    """unsloth's own gradient checkpointing (activations offloaded to CPU memory) where the config asks for it."""
+    return "unsloth" if cfg.gradient_checkpointing else False
 
 
 def wrap(model: Any, cfg: TrainingConfig, extra_modules: list[str]) -> Any:
@@ -59,7 +66,7 @@ def wrap(model: Any, cfg: TrainingConfig, extra_modules: list[str]) -> Any:
         target_modules=list(cfg.lora.target_modules),
         use_rslora=cfg.lora.use_rslora,
         modules_to_save=list(cfg.lora.modules_to_save) or None,
-        use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
+        use_gradient_checkpointing=checkpointing(cfg),
         random_state=cfg.seed,
         bias="none",
     )
