@@ -65,10 +65,9 @@ real)
     if [ -f .gpu/gguf.a ] && [ -f .gpu/gguf.b ]; then
         cat .gpu/gguf.a .gpu/gguf.b > $WORK/smollm2.gguf
         sha256sum $WORK/smollm2.gguf
-        finetune real-unsloth 400 --backend unsloth --gguf $WORK/smollm2.gguf &
-        finetune real-hf 400 --backend hf --gguf $WORK/smollm2.gguf &
+        for b in ${REAL_BACKENDS:-unsloth hf}; do finetune real-$b 400 --backend $b --gguf $WORK/smollm2.gguf & done
         wait
-        for f in real-unsloth real-hf; do echo "== $f"; grep -E "^\||promotion:|times:|Error|error:" "$LOGS/$f.log" | tail -30; tail -3 "$LOGS/$f.log"; done
+        for f in ${REAL_BACKENDS:-unsloth hf}; do f=real-$f; echo "== $f"; grep -E "^\||promotion:|times:|Error|error:" "$LOGS/$f.log" | tail -30; tail -3 "$LOGS/$f.log"; done
     else
         echo "real: the GGUF's two parts are not both here (.gpu/gguf.a, .gpu/gguf.b)"
     fi

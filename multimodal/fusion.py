@@ -119,6 +119,9 @@ def fuse(
     if bool((per_row[rows] != projector.n_tokens).any()):
         raise ValueError(f"each image needs exactly {projector.n_tokens} placeholder tokens in its row, found "
                          f"{per_row[rows].tolist()}: was the prompt truncated through the image?")
-    soft = projector(image_features[rows].to(torch.float32)).to(text.dtype)
+    # In the projector's own dtype: fp32 as attached, but the hf backend's 4-bit (QLoRA) path on CUDA
+    # leaves it in bf16 (seen on an H200: "mat1 and mat2 must have the same dtype").
+    weights = next(projector.parameters()).dtype
+    soft = projector(image_features[rows].to(weights)).to(text.dtype)
     fused["inputs_embeds"] = text.masked_scatter(slots.unsqueeze(-1), soft.reshape(-1, text.shape[-1]))
     return fused

@@ -18,8 +18,9 @@ from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file
 
 from loretune.config import ModelConfig, TrainingConfig
-from loretune.training import backends, sft, worker
+from loretune.training import backends, base_models, sft, worker
 from loretune.training import dataset as ds
+from loretune.training.chat import IMAGE_TOKEN
 from loretune.training.tiny_model import build_and_save
 
 FAKE_UNSLOTH = Path(__file__).parent / "fake_unsloth"
@@ -41,6 +42,7 @@ def lore(tmp_path_factory):
     DatasetDict({"train": Dataset.from_list(rows * 4), "validation": Dataset.from_list(rows[:4])}).save_to_disk(
         str(root / "data" / "sft"))
     build_and_save([m["content"] for r in rows for m in r["messages"]] * 5, root / "base", vocab_size=300, **TINY)
+    base_models.prepare_chat(root / "base", None, "tiny")  # as the model stage leaves it: the image token saved
     return {"dataset_dir": root / "data", "features": features, "clip_dim": 8, "base_model": str(root / "base"),
             "image_tokens": 2}
 
@@ -135,6 +137,8 @@ def test_unsloth_trains_in_its_own_process_imported_first_into_the_same_checkpoi
     assert Path(loaded["model_name"]).is_absolute() and loaded["max_seq_length"] == 64
     assert loaded["dtype"] == "torch.bfloat16" and loaded["load_in_4bit"] is False
     assert loaded["fix_tokenizer"] is False, "unsloth's check would drop the image placeholder token"
+    assert IMAGE_TOKEN not in (Path(loaded["model_name"]) / "tokenizer.json").read_text(), \
+        "unsloth grows the embeddings to its tokenizer's length: it must not see the placeholder"
     assert loaded["use_gradient_checkpointing"] == "unsloth", "set at load too, where unsloth defaults it on"
     wrapped = next(c for c in calls if c["event"] == "get_peft_model")
     assert (wrapped["r"], wrapped["lora_alpha"], wrapped["lora_dropout"], wrapped["use_rslora"]) == (4, 8, 0.0, True)
@@ -166,12 +170,40 @@ def test_unsloth_checkpoints_only_when_the_config_asks(lore, tmp_path, monkeypat
     assert [c["use_gradient_checkpointing"] for c in calls if c["event"] != "import"] == [False, False]
 
 
+def test_the_worker_reads_relative_paths_as_its_caller_meant_them(lore, tmp_path, monkeypatch):
+    """It runs in the run folder (so a checkout's loretune/ in the caller's cwd cannot shadow the
+    installed package, as it did on the GPU machine); the request names absolute paths."""
+    fake_unsloth(monkeypatch, tmp_path)
+    monkeypatch.chdir(lore["dataset_dir"].parent)
+    relative = {**lore, "dataset_dir": Path(lore["dataset_dir"].name)}
+    checkpoints = worker.train_checkpoints(backend="unsloth", output_dir=Path("run"), cfg=config(max_steps=1, save_steps=1),
+                                           log=lambda m: None, **relative)
+    assert [c.step for c in checkpoints] == [1]
+    request = json.loads((Path("run") / worker.REQUEST_FILE).read_text())
+    assert Path(request["dataset_dir"]).is_absolute()
+
+
 def test_a_failing_worker_is_an_error_that_carries_its_output(lore, tmp_path, monkeypatch):
     fake_unsloth(monkeypatch, tmp_path)
     monkeypatch.setenv("FAKE_UNSLOTH_FAIL", "1")
     with pytest.raises(worker.TrainingFailed, match="the fake was told to fail"):
         worker.train_checkpoints(backend="unsloth", output_dir=tmp_path / "out", cfg=config(), log=lambda m: None,
                                  **lore)
+
+
+def test_a_projector_cast_to_bf16_still_fuses():
+    """The hf backend's 4-bit path on CUDA left the projector in bf16 while features came in fp32."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from loretune.multimodal.fusion import attach_projector, fuse
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2)).to(torch.bfloat16)
+    attach_projector(model, clip_dim=8, n_tokens=2, seed=0, image_token_id=49).to(torch.bfloat16)
+    ids = torch.tensor([[1, 49, 49, 5, 6]])
+    fused = fuse(model, ids, torch.ones_like(ids), torch.randn(1, 8), labels=ids)
+    assert fused["inputs_embeds"].dtype == torch.bfloat16
+    assert not torch.equal(fused["inputs_embeds"][0, 1], model.get_input_embeddings().weight[0])
 
 
 # --- out of GPU memory ----------------------------------------------------------------------

@@ -210,12 +210,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def prepare_model(base_model: str, cfg: TrainingConfig, backend: str, load_in_4bit: bool, device: str,
-                  clip_dim: int, image_tokens: int, stats: dict[str, Any]) -> tuple[Any, Any, Any]:
+                  clip_dim: int, image_tokens: int, stats: dict[str, Any], scratch: Path) -> tuple[Any, Any, Any]:
     """Tokenizer, the LoRA-wrapped model with the image projector trainable, and the projector."""
     if backend == "unsloth":
         from loretune.training import unsloth_lora  # the worker process imported unsloth first
 
-        tokenizer, model = unsloth_lora.load(base_model, cfg, load_in_4bit)
+        tokenizer, model = unsloth_lora.load(base_model, cfg, load_in_4bit, view=scratch / "unsloth_model")
     else:
         tokenizer, model = load_base(base_model, device, cfg.attn_implementation, load_in_4bit)
         if load_in_4bit:  # fp32 norms, input grads and checkpointing set up as QLoRA needs
@@ -261,7 +261,7 @@ def train(
     fmt = ChatFormat.load(Path(base_model))
     stats = feature_stats(np.stack(list(features.values())) if features else np.zeros((0, clip_dim)))
     tokenizer, model, projector = prepare_model(base_model, cfg, backend, load_in_4bit, device, clip_dim,
-                                                image_tokens, stats)
+                                                image_tokens, stats, scratch=output_dir)
     trainable, total = model.get_nb_trainable_parameters()
     log(f"train: {backend} backend{' (4-bit base)' if load_in_4bit else ''} on {device}: {trainable:,} trainable "
         f"of {total:,} parameters (LoRA r={cfg.lora.r} + image projector "

@@ -11,13 +11,16 @@ Two things differ from the hf path, each for a reason in unsloth:
 - unsloth's `get_peft_model` accepts only embeddings and norms in `modules_to_save`, so the
   projector is made a PEFT modules-to-save wrapper after the LoRA wrap, by PEFT's own function;
   `adapter_config.json` then lists it, as it does for the hf backend.
-- the tokenizer is the model folder's own, not unsloth's: unsloth's tokenizer check removes added
-  tokens whose ids lie past the embedding matrix, and the image placeholder is one by design
-  (`multimodal/fusion.py`); `fix_tokenizer=False` keeps it, and the same loader as hf reads it.
+- unsloth loads a view of the model folder whose tokenizer lacks the image placeholder: the
+  placeholder lies past the embedding matrix by design (`multimodal/fusion.py`), and unsloth grows
+  the embeddings to the tokenizer's length (seen on an H200: 49153 rows for SmolLM2's 49152), which
+  makes PEFT save both embedding matrices whole into the adapter, which the base then cannot load.
+  Training uses the folder's own tokenizer, placeholder included, read as the hf backend reads it.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +30,13 @@ from unsloth import FastLanguageModel  # first: this module is imported only whe
 from loretune.config import TrainingConfig
 
 
-def load(base_model: str, cfg: TrainingConfig, load_in_4bit: bool) -> tuple[Any, Any]:
-    """Tokenizer and unsloth's model from the model stage's folder, bf16 or 4-bit, on the GPU."""
+def load(base_model: str, cfg: TrainingConfig, load_in_4bit: bool, view: Path) -> tuple[Any, Any]:
+    """Tokenizer and unsloth's model from the model stage's folder, bf16 or 4-bit, on the GPU;
+    `view` is a scratch folder for `text_only_view`."""
     from transformers import AutoTokenizer
 
     model, _ = FastLanguageModel.from_pretrained(
-        model_name=str(Path(base_model).resolve()),  # absolute: a relative a/b is taken for a hub id
+        model_name=str(text_only_view(Path(base_model), view)),
         max_seq_length=cfg.max_length,
         dtype=torch.bfloat16,
         load_in_4bit=load_in_4bit,
@@ -45,6 +49,26 @@ def load(base_model: str, cfg: TrainingConfig, load_in_4bit: bool) -> tuple[Any,
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, model
+
+
+def text_only_view(base_model: Path, view: Path) -> Path:
+    """`base_model` as unsloth should see it: its files linked, its tokenizer files copied without
+    the image placeholder. Absolute, since unsloth takes a relative a/b for a hub id."""
+    from loretune.training.chat import IMAGE_TOKEN
+    from loretune.training.export import strip_added_token
+
+    shutil.rmtree(view, ignore_errors=True)
+    view.mkdir(parents=True)
+    for path in sorted(base_model.resolve().iterdir()):
+        if path.name in TOKENIZER_FILES:
+            shutil.copy2(path, view / path.name)
+        else:
+            (view / path.name).symlink_to(path)
+    strip_added_token(view, IMAGE_TOKEN)
+    return view.resolve()
+
+
+TOKENIZER_FILES = frozenset({"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"})
 
 
 def checkpointing(cfg: TrainingConfig) -> str | bool:

@@ -52,8 +52,9 @@ def write_request(output_dir: Path, *, backend: str, features: dict[str, Any], c
     import numpy as np
 
     np.savez(output_dir / FEATURES_FILE, **{sha: np.asarray(v, dtype=np.float32) for sha, v in features.items()})
-    request = {"backend": backend, "cfg": cfg.model_dump(mode="json"),
-               **{k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()}}
+    # Absolute paths: the worker runs in the run folder, not in the caller's working directory.
+    folders = {k: str(Path(kwargs.pop(k)).resolve()) for k in ("dataset_dir", "base_model")}
+    request = {"backend": backend, "cfg": cfg.model_dump(mode="json"), **folders, **kwargs}
     path = output_dir / REQUEST_FILE
     path.write_text(json.dumps(request, indent=2))
     return path
@@ -64,9 +65,11 @@ def run_worker(output_dir: Path, log: Callable[[str], None], progress: Callable[
     """Run the worker on `output_dir`'s request, relaying its lines as they come."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
            "UNSLOTH_DISABLE_STATISTICS": "1"}
-    command = [python, "-m", "loretune.training.worker", str(output_dir / REQUEST_FILE)]
+    command = [python, "-m", "loretune.training.worker", str((output_dir / REQUEST_FILE).resolve())]
     tail: deque[str] = deque(maxlen=40)
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as process:
+    # cwd: the run folder, since `-m` puts the cwd first on sys.path, where a checkout would shadow the install
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          cwd=output_dir.resolve()) as process:
         for line in process.stdout:
             line = line.rstrip("\n")
             if line.startswith(PROGRESS):

@@ -34,7 +34,12 @@ class FastLanguageModel:
 
         # fp32 on a CPU, as the hf backend trains there, so the two backends' runs can be compared
         model = AutoModelForCausalLM.from_pretrained(model_name, dtype=torch.float32)
-        return model, AutoTokenizer.from_pretrained(model_name)
+        tokenizer = AutoTokenizer.from_pretrained(model_name)
+        # As the real one does (seen on an H200): the embeddings grow to the tokenizer's length, and
+        # PEFT then saves them whole with the adapter.
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer))
+        return model, tokenizer
 
     @staticmethod
     def get_peft_model(model, r=16, target_modules=None, lora_alpha=16, lora_dropout=0.0, bias="none",
