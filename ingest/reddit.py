@@ -32,6 +32,7 @@ import prawcore
 import requests
 
 from loretune.config import RedditSource
+from loretune.ingest import markdown
 from loretune.ingest.documents import Document
 from loretune.ingest.http import SourceError, SourceSkipped
 
@@ -41,6 +42,10 @@ DEFAULT_RETRY_AFTER_S = 5.0  # when a 429 carries no usable Retry-After
 MAX_RETRY_AFTER_S = 120.0  # a longer wait means "come back later", better reported than slept through
 DELETED_CATEGORIES = {"deleted", "author"}  # removed_by_category when the author deleted the post
 GONE_BODIES = {"[deleted]", "[removed]"}
+
+
+# The offline sample server accepts any non-empty pair; these are public, not secrets.
+SAMPLE_CREDENTIALS = {"REDDIT_CLIENT_ID": "loretune-sample-app", "REDDIT_CLIENT_SECRET": "loretune-sample-not-a-secret"}
 
 
 def crawl(
@@ -54,6 +59,9 @@ def crawl(
 
     Raises `SourceSkipped` without credentials and `SourceError` (URL named, secret never) on failure.
     """
+    if cfg.sample_credentials:  # the sample server's own; the environment's are never sent to it
+        env = {**SAMPLE_CREDENTIALS, **({"REDDIT_USER_AGENT": env["REDDIT_USER_AGENT"]}
+                                        if env.get("REDDIT_USER_AGENT") else {})}
     client_id, client_secret = _credentials(env)
     session = _CountingSession()
     reddit = _connect(cfg, client_id, client_secret, env.get("REDDIT_USER_AGENT") or user_agent, session)
@@ -177,9 +185,11 @@ def _walk(forest: Any) -> Iterator[str]:
 
 
 def _document(post: dict[str, Any], comments: list[str], cfg: RedditSource) -> Document:
-    """One document per post; authors stay in meta, out of the prose the model learns from."""
+    """One document per post; authors stay in meta, out of the prose the model learns from, and
+    Markdown becomes the prose a reader sees (`ingest/markdown.py`)."""
     url = _praw_urls(cfg.oauth_url, cfg.reddit_url)[1] + post["permalink"]
-    selftext = (post.get("selftext") or "").strip()
+    selftext = markdown.to_text(post.get("selftext") or "")
+    comments = [text for text in map(markdown.to_text, comments) if text]
     return Document(
         source="reddit",
         id=post["id"],

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 import mwparserfromhell
-from mwparserfromhell.nodes import ExternalLink, HTMLEntity, Tag, Text, Wikilink
+from mwparserfromhell.nodes import ExternalLink, HTMLEntity, Tag, Template, Text, Wikilink
 from mwparserfromhell.wikicode import Wikicode
 
 # Tags whose contents are not running text.
@@ -27,6 +27,10 @@ DROPPED_TAGS = {
     "maplink", "graph", "hr",
 }
 FILE_NAMESPACES = {"file", "image"}
+# Templates that lay out a list (Wikipedia's and most Fandom wikis' names): a reader sees one item
+# a line, so they render so, and an infobox value made of one splits into its items.
+LIST_TEMPLATES = {"ubl", "unbulleted list", "plainlist", "plain list", "flatlist", "hlist", "bulleted list",
+                  "ubil", "collapsible list"}
 DISAMBIGUATION_TEMPLATES = {"disambig", "disambiguation", "dab", "disamb"}
 REDIRECT = re.compile(r"^\s*#REDIRECT\s*:?\s*\[\[([^\]|]*)(?:\|[^\]]*)?\]\]", re.IGNORECASE)
 INFOBOX_NAME = re.compile(r"^(?:infobox[ _/](?P<after>.+)|(?P<before>.+?)[ _/]infobox|infobox)$", re.IGNORECASE)
@@ -96,6 +100,8 @@ def _render_node(node: object) -> str:
         return "" if node.brackets else str(node.url)  # [http://x] shows as "[1]"; a bare URL shows itself
     if isinstance(node, HTMLEntity):
         return node.normalize()
+    if isinstance(node, Template) and _template_name(node).lower() in LIST_TEMPLATES:
+        return "\n".join(_render(param.value) for param in node.params if not param.showkey)
     if isinstance(node, Tag):
         tag = str(node.tag).strip().lower()
         if tag == "br":
@@ -173,8 +179,10 @@ def _infobox(code: Wikicode) -> tuple[str | None, dict[str, str | list[str]], st
 
 
 def _clean_value(value: Wikicode) -> str | list[str] | None:
-    items = [" ".join(item.split()) for item in _render(value).split("~")]
-    items = [item for item in items if item]
+    """One value, or its items: wikis separate them with `~`, `<br />` (rendered as a line break),
+    bulleted lines or a list template (`LIST_TEMPLATES`)."""
+    items = [" ".join(item.split()).strip(",;") for item in re.split(r"[~\n]", _render(value))]
+    items = [item.strip() for item in items if item.strip()]
     if not items:
         return None
     return items[0] if len(items) == 1 else items

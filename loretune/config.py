@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal, Mapping
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -60,6 +61,10 @@ class RedditSource(Section):
     enabled: bool = True
     credentials_block: str | None = Field(
         None, description="name of a Prefect Secret block holding {client_id, client_secret[, user_agent]}")
+    # Set by the sample sources mode (`--offline`, `make demo`): the sample server's own public
+    # test credentials instead of any in the environment, so the demo runs Reddit and no real secret
+    # is ever sent to it. Refused for anything but a loopback address.
+    sample_credentials: bool = False
     oauth_url: str = "https://oauth.reddit.com"
     reddit_url: str = "https://www.reddit.com"
     subreddits: list[str] = ["Naruto"]
@@ -69,6 +74,14 @@ class RedditSource(Section):
     drop_removed: bool = True
     drop_nsfw: bool = True
     drop_stickied: bool = True
+
+    @model_validator(mode="after")
+    def _sample_credentials_stay_local(self) -> "RedditSource":
+        host = urlsplit(self.oauth_url).hostname or ""
+        if self.sample_credentials and host not in ("localhost", "127.0.0.1", "::1"):
+            raise ValueError(f"sources.reddit.sample_credentials is for the offline sample server only; "
+                             f"oauth_url {self.oauth_url!r} is not a loopback address")
+        return self
     license: str = "Reddit User Agreement; quoted for research"
 
 

@@ -21,7 +21,9 @@ def ingest(prefect_server, samples, tmp_path, monkeypatch):
     monkeypatch.setenv("REDDIT_CLIENT_SECRET", CANARY)
 
     def run(**overrides):
-        return ingest_flow(overrides={"store": str(tmp_path / "store"), **overrides}, sample_sources=samples.base_url)
+        # The environment's credentials, as against the real site: sample mode would bring its own.
+        overrides = {"store": str(tmp_path / "store"), "sources.reddit.sample_credentials": False, **overrides}
+        return ingest_flow(overrides=overrides, sample_sources=samples.base_url)
 
     return run
 

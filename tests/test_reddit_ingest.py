@@ -58,6 +58,12 @@ def test_posts_come_with_full_comment_trees_and_more_stubs_expanded(srv):
     assert [r["path"] for r in srv.requests].count("/reddit/oauth/api/morechildren/") == 1
     assert "[deleted]" not in docs["1hna08"].text  # a deleted comment's reply stays, its body goes
     assert "Asuma's lighter" in docs["1hna08"].text
+    # Markdown reaches the documents as the prose a reader sees: link text kept, markup and URL gone
+    assert docs["1hna08"].text.startswith("Shikamaru planned the whole fight before it started. He studied")
+    assert "let Hidan think he was winning" in docs["1hna08"].text
+    assert "He buries Hidan in the Nara forest." in docs["1hna08"].text
+    for markup in ("**", "](", ">!", "!<", "https://"):
+        assert markup not in docs["1hna08"].text
     assert stats["posts"] == 4 and stats["comments"] == 12
     # token + 2 listings + one comments page per kept post + one morechildren
     # token, top + new, 4 comment pages, 1 morechildren. The client may count one more under load:
@@ -168,3 +174,16 @@ def test_the_client_secret_never_appears_in_logs_errors_or_results(srv, capsys):
     seen += logs + [repr(list(docs.values())), repr(stats), *capsys.readouterr()]
     assert docs and seen
     assert not [text for text in seen if CANARY in text]
+
+
+def test_sample_mode_brings_its_own_credentials_and_never_sends_the_environments(srv, monkeypatch):
+    sent = []
+    connect = reddit._connect
+    monkeypatch.setattr(reddit, "_connect", lambda cfg, client_id, secret, *a: sent.append((client_id, secret))
+                        or connect(cfg, client_id, secret, *a))
+    docs, stats, _ = crawl(srv, config(srv, sample_credentials=True), env={"REDDIT_CLIENT_SECRET": "real-5ecret"})
+    assert set(docs) == KEPT
+    assert sent == [(reddit.SAMPLE_CREDENTIALS["REDDIT_CLIENT_ID"], reddit.SAMPLE_CREDENTIALS["REDDIT_CLIENT_SECRET"])]
+    with pytest.raises(ValueError, match="sample server only"):
+        RedditSource(sample_credentials=True)  # the real site never gets them
+

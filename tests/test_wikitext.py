@@ -59,6 +59,27 @@ def test_infobox_values_are_cleaned_split_and_keyed_in_lower_case():
     }  # clan was only a {{Translation}} template, empty was empty: both dropped
 
 
+def test_infobox_lists_in_every_form_wikis_write_them_stay_apart():
+    page = parse_page("""{{Infobox character
+|affiliation=[[Konohagakure]]<br />[[Akatsuki]]<br/>[[Anbu]],<br>
+|teams=
+* [[Team Minato]]
+* [[Team Kakashi|Team 7]]
+|family={{ubl|[[Sakumo Hatake]] (father)|[[Pakkun]]}}
+|titles={{Plainlist|
+* Copy Ninja
+* Sixth Hokage}}
+|rank=Jōnin
+}}""")
+    assert page.infobox == {
+        "affiliation": ["Konohagakure", "Akatsuki", "Anbu"],
+        "teams": ["Team Minato", "Team 7"],
+        "family": ["Sakumo Hatake (father)", "Pakkun"],
+        "titles": ["Copy Ninja", "Sixth Hokage"],
+        "rank": "Jōnin",
+    }
+
+
 def test_files_put_the_infobox_image_first_and_appear_once():
     page = parse_page(PAGE + "[[File:kiba_inuzuka.png|left]]\n<gallery>\nFile:Akamaru.png|Akamaru\n</gallery>")
     assert page.files == ["Kiba inuzuka.png", "Kiba and Akamaru.png", "Fang over Fang.png", "Akamaru.png"]

@@ -43,6 +43,7 @@ def overrides(base: str) -> dict[str, Any]:
     return {
         "sources.reddit.oauth_url": f"{base}/reddit/oauth",
         "sources.reddit.reddit_url": f"{base}/reddit/www",
+        "sources.reddit.sample_credentials": True,
     }
 
 
