@@ -31,7 +31,7 @@ def finetune(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] 
     maths = runtime(cfg.training.backend, cfg.model.load_in_4bit)  # and a backend this machine lacks
     store, ledger = cfg.store_uri(), {}
     common = dict(store=store, domain=cfg.domain)
-    data = prepare_data(cfg, ledger)
+    data = prepare_data(cfg, ledger, config)
     base = run_stage(build_base_model, ledger, **common, params=cfg.model, source=model_source,
                      dataset_ref=data["dataset"] if model_source["kind"] == TINY else None)
     checkpoints = run_stage(train, ledger, **common, dataset_ref=data["dataset"], features=data["features"],

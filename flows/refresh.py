@@ -16,7 +16,7 @@ def refresh(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] |
     """Ask every source; on an unchanged night only the source checks do any work."""
     cfg = resolve_config(config, overrides, sample_sources)
     ledger: dict[str, dict[str, str]] = {}
-    prepare_data(cfg, ledger)
+    prepare_data(cfg, ledger, config)
     publish_ledger(f"{cfg.domain}-refresh", ledger, cfg.store_uri())
     return {"store": cfg.store_uri(), "stages": ledger}
 

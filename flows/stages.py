@@ -14,6 +14,7 @@ from loretune.store import ArtifactRef
 from loretune.tasks.images import extract_features, fetch_images
 from loretune.tasks.dataset import build_dataset
 from loretune.tasks.ingest import ingest_documents
+from loretune.training import mix
 from loretune.training.base_models import describe_source
 from loretune.training.evalsets import UserSet, user_sets
 
@@ -47,13 +48,23 @@ def run_stage(task: Any, ledger: dict[str, dict[str, str]], **kwargs: Any) -> Ar
     return ref
 
 
-def prepare_data(cfg: LoretuneConfig, ledger: dict[str, dict[str, str]]) -> dict[str, ArtifactRef]:
+def mix_sources(cfg: LoretuneConfig, config: str) -> list[dict[str, Any]]:
+    """dataset.mix with each file found (relative to the config's folder) and hashed; a missing or
+    unreadable one fails here, before any work."""
+    folder = _config_path(config).parent
+    return [{**mix.describe(s.path, relative_to=folder), **s.model_dump(exclude={"path"})} for s in cfg.dataset.mix]
+
+
+def prepare_data(cfg: LoretuneConfig, ledger: dict[str, dict[str, str]],
+                 config: str = "deployments/naruto.yaml") -> dict[str, ArtifactRef]:
     """documents -> images -> features -> dataset: the part the nightly refresh keeps current."""
+    mixed = mix_sources(cfg, config)
     common = dict(store=cfg.store_uri(), domain=cfg.domain)
     documents = run_stage(ingest_documents, ledger, **common, sources_cfg=cfg.sources, http_cfg=cfg.http)
     images = run_stage(fetch_images, ledger, **common, documents=documents, params=cfg.images, http_cfg=cfg.http)
     features = run_stage(extract_features, ledger, **common, images_ref=images, params=cfg.features)
-    dataset = run_stage(build_dataset, ledger, **common, documents=documents, images_ref=images, params=cfg.dataset)
+    dataset = run_stage(build_dataset, ledger, **common, documents=documents, images_ref=images, params=cfg.dataset,
+                      mix_sources=mixed)
     return {"documents": documents, "images": images, "features": features, "dataset": dataset}
 
 

@@ -127,6 +127,24 @@ class FeaturesConfig(Section):
     seed: int = 0
 
 
+class MixSource(Section):
+    """General chat data mixed into training (`training/mix.py`): a local JSON / JSONL / parquet
+    file (relative to the config file's folder) or a Hugging Face dataset id, in the ShareGPT or
+    the Alpaca shape; `count` rows, or `weight` x the lore's training examples, seeded."""
+
+    path: str = Field(min_length=1)
+    format: Literal["sharegpt", "alpaca"]
+    weight: float | None = Field(None, gt=0)
+    count: int | None = Field(None, ge=1)
+    split: str = "train"
+
+    @model_validator(mode="after")
+    def _weight_or_count(self) -> "MixSource":
+        if (self.weight is None) == (self.count is None):
+            raise ValueError(f"dataset.mix {self.path!r}: give exactly one of weight or count")
+        return self
+
+
 class DatasetConfig(Section):
     seed: int = 0
     val_fraction: float = Field(0.1, ge=0.0, lt=0.5)
@@ -136,6 +154,8 @@ class DatasetConfig(Section):
     # "permuted_facts": the control experiment. Training teaches every infobox value on another
     # page (and no prose); the evaluation sets stay true. A model trained so must score chance.
     control: Literal["none", "permuted_facts"] = "none"
+    # General chat data (FineTome-like ShareGPT, Alpaca) mixed into the training split.
+    mix: list[MixSource] = []
 
 
 class TinyModelConfig(Section):

@@ -12,13 +12,16 @@ from loretune.ingest.documents import read_documents
 from loretune.multimodal.images import read_index
 from loretune.store import ArtifactRef, ArtifactStore
 from loretune.tasks.stage import StageCache, announce, publish_stage
-from loretune.training import chat, dataset, evalsets, stats
+from loretune.training import chat, dataset, evalsets, mix, stats
 
-DATASET = StageCache(stage="dataset", code=code_version(dataset, chat, evalsets, stats))
+DATASET = StageCache(stage="dataset", code=code_version(dataset, chat, evalsets, mix, stats))
 
 
 @task(name="dataset", cache_policy=DATASET, persist_result=True)
-def build_dataset(store: str, domain: str, documents: ArtifactRef, images_ref: ArtifactRef, params: DatasetConfig) -> ArtifactRef:
+def build_dataset(store: str, domain: str, documents: ArtifactRef, images_ref: ArtifactRef, params: DatasetConfig,
+                  mix_sources: list[dict] | None = None) -> ArtifactRef:
+    """`mix_sources` (`flows.stages.mix_sources`) carries each mixed-in file's sha256, so an
+    edited file is a new dataset version."""
     logger = get_run_logger()
     docs = read_documents(documents.local_path() / "documents.parquet")
     index = read_index(images_ref.local_path() / "images.parquet")
@@ -28,12 +31,14 @@ def build_dataset(store: str, domain: str, documents: ArtifactRef, images_ref: A
         report = dataset.build_dataset(
             pages, out, domain=domain, system_prompt=params.system_prompt, max_answer_chars=params.max_answer_chars,
             val_fraction=params.val_fraction, seed=params.seed, near_duplicate_threshold=params.near_duplicate_threshold,
-            control=params.control)
+            control=params.control, mix=mix_sources or [])
         dropped = report.dropped_exact + report.dropped_near_duplicate
         logger.info("dataset: %s train / %s validation examples; eval sets %s; contamination check dropped %s "
                     "eval questions (%s exact, %s near-duplicate)", report.train, report.validation,
                     ", ".join(f"{k} {v['items']}" for k, v in report.eval_sets.items()), dropped,
                     report.dropped_exact, report.dropped_near_duplicate)
+        if report.mixed:
+            logger.info("dataset: mixed in %s", ", ".join(f"{n} {name}" for name, n in report.mixed.items()))
         if params.control != "none":
             logger.warning("dataset: control %r: training does not teach the true facts", params.control)
         return report.as_dict()

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Literal, Sequence
 
 from datasets import Dataset, DatasetDict
 
-from loretune.training import evalsets
+from loretune.training import evalsets, mix
 
 EVAL_DIR = "eval"
 
@@ -67,6 +67,7 @@ class BuildReport:
     dropped_exact: int = 0
     dropped_near_duplicate: int = 0
     dropped_examples: list[str] = field(default_factory=list)
+    mixed: dict[str, int] = field(default_factory=dict)  # mixed-in source -> training examples taken
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -195,6 +196,24 @@ def decontaminate(
     return kept
 
 
+def mixed_examples(sources: Sequence[dict[str, Any]], system: str, lore_examples: int,
+                   seed: int) -> dict[str, list[dict[str, Any]]]:
+    """Rows of each mixed-in source (`training/mix.py`), `count` of them or `weight` x the lore's,
+    with the domain's system prompt where a conversation brings none (as the chat UI will ask)."""
+    taken = {}
+    for i, source in enumerate(sources):
+        name = Path(source["path"]).name if source["kind"] == "file" else source["path"]
+        conversations = mix.load_conversations(source, source["format"], source.get("split", "train"))
+        n = source["count"] if source.get("count") else round(source["weight"] * lore_examples)
+        rows = []
+        for j, messages in enumerate(mix.take(conversations, n, seed=seed + i)):
+            if messages[0]["role"] != "system":
+                messages = [{"role": "system", "content": system}, *messages]
+            rows.append({"messages": messages, "image_sha256": "", "kind": "mix", "doc_id": f"mix:{name}:{j}"})
+        taken[name] = rows
+    return taken
+
+
 def build_dataset(
     pages: Sequence[LorePage],
     out_dir: Path,
@@ -206,6 +225,7 @@ def build_dataset(
     seed: int,
     near_duplicate_threshold: float,
     control: Literal["none", "permuted_facts"] = "none",
+    mix: Sequence[dict[str, Any]] = (),
 ) -> BuildReport:
     """Write `sft/` (train/validation chat examples) and `eval/<set>.jsonl` under `out_dir`."""
     if not pages:
@@ -213,13 +233,16 @@ def build_dataset(
     system = system_prompt.format(domain=domain)
     taught = permute_facts(pages, seed) if control == "permuted_facts" else pages
     rows = [r for r in training_examples(taught, system, max_answer_chars) if r["messages"][2]["content"]]
+    mixed = mixed_examples(mix, system, lore_examples=len(rows), seed=seed)
+    rows += [row for taken in mixed.values() for row in taken]
     random.Random(seed).shuffle(rows)
     n_val = int(len(rows) * val_fraction)
     # An empty split cannot be saved and loaded back by `datasets`: no validation split then.
     splits = DatasetDict({"train": Dataset.from_list(rows[n_val:]),
                           **({"validation": Dataset.from_list(rows[:n_val])} if n_val else {})})
 
-    report = BuildReport(train=len(rows) - n_val, validation=n_val, control=control)
+    report = BuildReport(train=len(rows) - n_val, validation=n_val, control=control,
+                         mixed={name: len(taken) for name, taken in mixed.items()})
     train_texts = [m["content"] for r in rows[n_val:] for m in r["messages"]]
     train_prompts = {r["messages"][1]["content"] for r in rows}
     sets = build_eval_sets(pages, train_texts, train_prompts, seed, near_duplicate_threshold, report)

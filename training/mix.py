@@ -1,0 +1,108 @@
+"""General chat data mixed in with the lore: ShareGPT and Alpaca files as chat examples.
+
+The projects loretune grew from trained on FineTome / The Tome (ShareGPT: `conversations` of
+`{from, value}` turns) and Alpaca (`instruction`, `input`, `output`) beside their own data, so a
+model keeps its general manners while it learns the lore. `datasets` reads the files (JSON, JSONL,
+parquet) or a Hugging Face dataset id where a hub answers; this module only maps their roles onto
+the chat format and takes the configured number of rows, seeded.
+
+Each source's content hash (`describe`) is part of the dataset stage's version, so an edited file
+is a new dataset while a moved one is not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+from typing import Any
+
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
+         "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system"}
+READERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+class MixError(ValueError):
+    """A mixed-in source cannot be used; the message names it and says what is wrong."""
+
+
+def describe(path: str, relative_to: Path | None = None) -> dict[str, Any]:
+    """Where a source is and what it holds, for the version: a local file's sha256, or the hub id."""
+    local = Path(path).expanduser()
+    if not local.is_absolute() and relative_to is not None and (relative_to / local).exists():
+        local = relative_to / local
+    if local.exists():
+        if local.suffix not in READERS:
+            raise MixError(f"dataset.mix {path!r}: expected a .json, .jsonl or .parquet file")
+        return {"kind": "file", "path": str(local.resolve()), "sha256": hashlib.sha256(local.read_bytes()).hexdigest()}
+    if "/" in path and not path.startswith((".", "/", "~")) and not local.suffix:  # owner/name
+        return {"kind": "hub", "path": path}
+    raise MixError(f"dataset.mix {path!r}: no such file")
+
+
+def load_conversations(source: dict[str, Any], fmt: str, split: str = "train") -> list[list[dict[str, str]]]:
+    """Every row of one source as chat messages; a row that does not fit the shape is an error
+    naming the source, the row and what is missing."""
+    rows = _read(source, split)
+    convert = {"sharegpt": _sharegpt, "alpaca": _alpaca}[fmt]
+    conversations = []
+    for i, row in enumerate(rows):
+        try:
+            messages = convert(row)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MixError(f"dataset.mix {source['path']!r} row {i}: not {fmt} ({exc})") from None
+        if messages:
+            conversations.append(messages)
+    if not conversations:
+        raise MixError(f"dataset.mix {source['path']!r}: no usable {fmt} rows")
+    return conversations
+
+
+def take(conversations: list[Any], n: int, seed: int) -> list[Any]:
+    """`n` rows, seeded; all of them, in a seeded order, when fewer are there (never repeated)."""
+    rng = random.Random(seed)
+    return rng.sample(conversations, min(n, len(conversations)))
+
+
+def _read(source: dict[str, Any], split: str) -> list[dict[str, Any]]:
+    from datasets import load_dataset
+
+    try:
+        if source["kind"] == "file":
+            reader = READERS[Path(source["path"]).suffix]
+            data = load_dataset(reader, data_files=source["path"], split="train", keep_in_memory=True)
+        else:
+            data = load_dataset(source["path"], split=split)
+    except MixError:
+        raise
+    except Exception as exc:  # unreadable JSON, no hub, unknown id: one message naming the source
+        raise MixError(f"dataset.mix {source['path']!r}: cannot be read ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:300] if str(exc) else ''})") from None
+    return data.to_list()
+
+
+def _sharegpt(row: dict[str, Any]) -> list[dict[str, str]]:
+    turns = row["conversations"]
+    messages = []
+    for turn in turns:
+        role = ROLES.get(str(turn["from"]).lower())
+        if role is None:
+            raise ValueError(f"unknown speaker {turn['from']!r}")
+        messages.append({"role": role, "content": str(turn["value"]).strip()})
+    return _trim(messages)
+
+
+def _alpaca(row: dict[str, Any]) -> list[dict[str, str]]:
+    prompt = str(row["instruction"]).strip()
+    if str(row.get("input") or "").strip():
+        prompt = f"{prompt}\n\n{str(row['input']).strip()}"
+    return _trim([{"role": "user", "content": prompt}, {"role": "assistant", "content": str(row["output"]).strip()}])
+
+
+def _trim(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """A conversation that ends on the assistant's answer (the turn training learns); none if it has none."""
+    while messages and messages[-1]["role"] != "assistant":
+        messages.pop()
+    if not any(m["role"] == "user" for m in messages) or not messages or not messages[-1]["content"]:
+        return []
+    return messages
