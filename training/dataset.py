@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
 from datasets import Dataset, DatasetDict
 
-from loretune.training import evalsets, mix
+from loretune.training import card, evalsets, mix
 
 EVAL_DIR = "eval"
 
@@ -55,6 +56,11 @@ class LorePage:
     facts: dict[str, list[str]]  # infobox field -> its values, in the wiki's order
     image: str | None  # sha256 of the page's main image, if it was fetched and valid
     kind: str | None = None  # the infobox type, e.g. "character"; None outside Fandom
+    provenance: dict[str, str] = field(default_factory=dict)  # PROVENANCE keys: where the page came from
+
+
+# Where every training example and evaluation item came from, as flat string columns.
+PROVENANCE = ("source", "url", "revision", "license", "attribution")
 
 
 @dataclass
@@ -68,6 +74,8 @@ class BuildReport:
     dropped_near_duplicate: int = 0
     dropped_examples: list[str] = field(default_factory=list)
     mixed: dict[str, int] = field(default_factory=dict)  # mixed-in source -> training examples taken
+    examples: dict[str, int] = field(default_factory=dict)  # "<source> / <builder>" -> training examples
+    empty_answers: int = 0  # examples dropped because their answer was empty
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -83,9 +91,26 @@ def pages_from_documents(documents: Iterable[Any], image_sha_by_url: dict[str, s
             if key not in SKIP_FIELDS and values:
                 facts[key] = values
         image = next((image_sha_by_url[u] for u in doc.image_urls if u in image_sha_by_url), None)
+        provenance = {"source": doc.source, "url": doc.url, "revision": revision(doc.source, doc.id, meta),
+                      "license": doc.license, "attribution": doc.attribution}
         pages.append(LorePage(doc_id=f"{doc.source}:{doc.id}", title=doc.title, text=doc.text, facts=facts,
-                              image=image, kind=meta.get("infobox_type")))
+                              image=image, kind=meta.get("infobox_type"), provenance=provenance))
     return sorted(pages, key=lambda p: p.doc_id)
+
+
+def revision(source: str, doc_id: str, meta: dict[str, Any]) -> str:
+    """Which version of the document an example was made from, in the source's own terms."""
+    if meta.get("revid") is not None:  # Fandom: the page revision
+        return f"revid {meta['revid']}"
+    for key, label in (("created_utc", "created"), ("upload_date", "uploaded"), ("published", "published")):
+        if meta.get(key):
+            value = meta[key]
+            if key == "created_utc":
+                from datetime import datetime, timezone
+
+                value = datetime.fromtimestamp(float(value), timezone.utc).isoformat(timespec="seconds")
+            return f"{doc_id}, {label} {value}"
+    return doc_id
 
 
 def chunk_prose(text: str, max_chars: int) -> list[str]:
@@ -100,6 +125,10 @@ def chunk_prose(text: str, max_chars: int) -> list[str]:
     return [c for c in chunks + [current] if c]
 
 
+# The builder that made each kind of example, named in every row.
+BUILDERS = {"prose": "prose_chunks", "fact": "infobox_facts", "image": "page_image"}
+
+
 def training_examples(pages: Sequence[LorePage], system: str, max_answer_chars: int) -> list[dict[str, Any]]:
     def example(user: str, answer: str, kind: str, page: LorePage, image: str = "") -> dict[str, Any]:
         messages = [
@@ -107,7 +136,8 @@ def training_examples(pages: Sequence[LorePage], system: str, max_answer_chars: 
             {"role": "user", "content": user},
             {"role": "assistant", "content": answer},
         ]
-        return {"messages": messages, "image_sha256": image, "kind": kind, "doc_id": page.doc_id}
+        return {"messages": messages, "image_sha256": image, "kind": kind, "doc_id": page.doc_id,
+                "builder": BUILDERS[kind], **{k: page.provenance.get(k, "") for k in PROVENANCE}}
 
     rows = []
     for page in pages:
@@ -209,7 +239,9 @@ def mixed_examples(sources: Sequence[dict[str, Any]], system: str, lore_examples
         for j, messages in enumerate(mix.take(conversations, n, seed=seed + i)):
             if messages[0]["role"] != "system":
                 messages = [{"role": "system", "content": system}, *messages]
-            rows.append({"messages": messages, "image_sha256": "", "kind": "mix", "doc_id": f"mix:{name}:{j}"})
+            rows.append({"messages": messages, "image_sha256": "", "kind": "mix", "doc_id": f"mix:{name}:{j}",
+                         "builder": f"mix.{source['format']}", "source": "mix", "url": source["path"],
+                         "revision": source.get("sha256", ""), "license": "", "attribution": ""})
         taken[name] = rows
     return taken
 
@@ -232,7 +264,8 @@ def build_dataset(
         raise ValueError("no documents to build a dataset from: did every source fail?")
     system = system_prompt.format(domain=domain)
     taught = permute_facts(pages, seed) if control == "permuted_facts" else pages
-    rows = [r for r in training_examples(taught, system, max_answer_chars) if r["messages"][2]["content"]]
+    built = training_examples(taught, system, max_answer_chars)
+    rows = [r for r in built if r["messages"][2]["content"]]
     mixed = mixed_examples(mix, system, lore_examples=len(rows), seed=seed)
     rows += [row for taken in mixed.values() for row in taken]
     random.Random(seed).shuffle(rows)
@@ -242,10 +275,15 @@ def build_dataset(
                           **({"validation": Dataset.from_list(rows[:n_val])} if n_val else {})})
 
     report = BuildReport(train=len(rows) - n_val, validation=n_val, control=control,
-                         mixed={name: len(taken) for name, taken in mixed.items()})
+                         mixed={name: len(taken) for name, taken in mixed.items()},
+                         examples=dict(sorted(Counter(f"{r['source']} / {r['builder']}" for r in rows).items())),
+                         empty_answers=len(built) - (len(rows) - sum(map(len, mixed.values()))))
     train_texts = [m["content"] for r in rows[n_val:] for m in r["messages"]]
     train_prompts = {r["messages"][1]["content"] for r in rows}
     sets = build_eval_sets(pages, train_texts, train_prompts, seed, near_duplicate_threshold, report)
+    by_doc = {page.doc_id: page.provenance for page in pages}
+    sets = {name: [{**item, **{k: by_doc.get(item.get("doc_id"), {}).get(k, "") for k in PROVENANCE}} for item in items]
+            for name, items in sets.items()}
     if not sets["facts"] and not sets["synthetic"]:
         raise ValueError("no evaluation questions could be built: pages need infobox facts shared across pages")
 
@@ -255,6 +293,7 @@ def build_dataset(
         evalsets.write_set(items, out_dir / EVAL_DIR / f"{name}.jsonl")
     report.dropped_examples = report.dropped_examples[:20]
     (out_dir / "build_report.json").write_text(json.dumps({**report.as_dict(), "system_prompt": system}, indent=2))
+    (out_dir / "README.md").write_text(card.dataset_card(domain, pages, report, mix, sets))
     return report
 
 
