@@ -12,9 +12,9 @@ from loretune.ingest.documents import read_documents
 from loretune.multimodal.images import read_index
 from loretune.store import ArtifactRef, ArtifactStore
 from loretune.tasks.stage import StageCache, announce, publish_stage
-from loretune.training import card, chat, dataset, evalsets, mix, stats
+from loretune.training import card, chat, dataset, dedup, evalsets, mix, stats
 
-DATASET = StageCache(stage="dataset", code=code_version(card, dataset, chat, evalsets, mix, stats))
+DATASET = StageCache(stage="dataset", code=code_version(card, dataset, chat, dedup, evalsets, mix, stats))
 
 
 @task(name="dataset", cache_policy=DATASET, persist_result=True)
@@ -39,6 +39,9 @@ def build_dataset(store: str, domain: str, documents: ArtifactRef, images_ref: A
                     report.dropped_exact, report.dropped_near_duplicate)
         logger.info("dataset: examples by source / builder: %s; the card is README.md in the artifact",
                     ", ".join(f"{k} {v}" for k, v in report.examples.items()))
+        if report.near_duplicate_examples:
+            logger.info("dataset: dropped near-duplicate training examples (dropped ~ kept source): %s",
+                        ", ".join(f"{k} {v}" for k, v in report.near_duplicate_examples.items()))
         if report.mixed:
             logger.info("dataset: mixed in %s", ", ".join(f"{n} {name}" for name, n in report.mixed.items()))
         if params.control != "none":

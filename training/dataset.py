@@ -24,7 +24,7 @@ from typing import Any, Iterable, Literal, Sequence
 
 from datasets import Dataset, DatasetDict
 
-from loretune.training import card, evalsets, mix
+from loretune.training import card, dedup, evalsets, mix
 
 EVAL_DIR = "eval"
 
@@ -76,6 +76,9 @@ class BuildReport:
     mixed: dict[str, int] = field(default_factory=dict)  # mixed-in source -> training examples taken
     examples: dict[str, int] = field(default_factory=dict)  # "<source> / <builder>" -> training examples
     empty_answers: int = 0  # examples dropped because their answer was empty
+    # training examples dropped as near-duplicates of another document's, per "dropped ~ kept" source
+    near_duplicate_examples: dict[str, int] = field(default_factory=dict)
+    near_duplicate_samples: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -196,20 +199,18 @@ def build_eval_sets(pages: Sequence[LorePage], train_texts: Iterable[str], train
     return sets
 
 
-def _words(text: str) -> frozenset[str]:
-    return frozenset(re.findall(r"[a-z0-9]+", text.lower()))
-
-
 def decontaminate(
     questions: list[dict[str, Any]], train_prompts: Iterable[str], threshold: float, report: BuildReport
 ) -> list[dict[str, Any]]:
     """Drop eval questions that training saw verbatim or nearly; count and sample what was dropped.
 
-    Quadratic in (questions x distinct prompts), which is fine for thousands; a MinHash index
-    (datasketch) is the upgrade when the lore grows to millions of prompts.
+    "Nearly" is the training examples' own near-duplicate test (`training/dedup.py`, MinHash LSH
+    over word sets), so both checks agree on what alike means.
     """
     seen_exact = {" ".join(p.lower().split()) for p in train_prompts}
-    seen_words = [_words(p) for p in seen_exact]
+    index = dedup.NearDuplicateIndex(threshold)
+    for i, prompt in enumerate(sorted(seen_exact)):
+        index.add(str(i), dedup.words(prompt))
     kept = []
     for q in questions:
         text = " ".join(q["question"].lower().split())
@@ -217,8 +218,7 @@ def decontaminate(
             report.dropped_exact += 1
             report.dropped_examples.append(q["question"])
             continue
-        words = _words(q["question"])
-        if any(len(words & w) / len(words | w) >= threshold for w in seen_words if w):
+        if index.matches(dedup.words(q["question"])):
             report.dropped_near_duplicate += 1
             report.dropped_examples.append(q["question"])
             continue
@@ -266,8 +266,10 @@ def build_dataset(
     taught = permute_facts(pages, seed) if control == "permuted_facts" else pages
     built = training_examples(taught, system, max_answer_chars)
     rows = [r for r in built if r["messages"][2]["content"]]
+    empty_answers = len(built) - len(rows)
     mixed = mixed_examples(mix, system, lore_examples=len(rows), seed=seed)
     rows += [row for taken in mixed.values() for row in taken]
+    rows, near_duplicates, near_duplicate_samples = dedup.drop_near_duplicate_examples(rows, near_duplicate_threshold)
     random.Random(seed).shuffle(rows)
     n_val = int(len(rows) * val_fraction)
     # An empty split cannot be saved and loaded back by `datasets`: no validation split then.
@@ -277,7 +279,8 @@ def build_dataset(
     report = BuildReport(train=len(rows) - n_val, validation=n_val, control=control,
                          mixed={name: len(taken) for name, taken in mixed.items()},
                          examples=dict(sorted(Counter(f"{r['source']} / {r['builder']}" for r in rows).items())),
-                         empty_answers=len(built) - (len(rows) - sum(map(len, mixed.values()))))
+                         empty_answers=empty_answers, near_duplicate_examples=dict(sorted(near_duplicates.items())),
+                         near_duplicate_samples=near_duplicate_samples)
     train_texts = [m["content"] for r in rows[n_val:] for m in r["messages"]]
     train_prompts = {r["messages"][1]["content"] for r in rows}
     sets = build_eval_sets(pages, train_texts, train_prompts, seed, near_duplicate_threshold, report)
