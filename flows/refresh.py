@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
+from prefect.events import emit_event
 
 from loretune.flows.stages import prepare_data, publish_ledger, resolve_config, run_stage
 from loretune.tasks.ingest import ingest_documents
+
+# What a refresh that published a new dataset says; finetune/<domain>'s deployment trigger
+# (deployments/prefect.yaml) starts on it. A night with nothing new says nothing.
+DATASET_EVENT = "loretune.dataset.published"
+
+
+def dataset_resource(domain: str) -> str:
+    return f"loretune.dataset.{domain}"
 
 
 @flow(name="refresh")
@@ -18,6 +27,16 @@ def refresh(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] |
     ledger: dict[str, dict[str, str]] = {}
     prepare_data(cfg, ledger, config)
     publish_ledger(f"{cfg.domain}-refresh", ledger, cfg.store_uri())
+    dataset = ledger["dataset"]
+    if dataset["state"] == "Cached":
+        get_run_logger().info("refresh: the dataset is unchanged (%s); no new model to train", dataset["version"])
+    else:
+        emit_event(event=DATASET_EVENT,
+                   resource={"prefect.resource.id": dataset_resource(cfg.domain),
+                             "prefect.resource.name": f"{cfg.domain} dataset", "loretune.version": dataset["version"]},
+                   payload={"store": cfg.store_uri(), "stages": ledger})
+        get_run_logger().info("refresh: new dataset %s; %s is emitted, which starts finetune/%s", dataset["version"],
+                              DATASET_EVENT, cfg.domain)
     return {"store": cfg.store_uri(), "stages": ledger}
 
 

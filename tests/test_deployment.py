@@ -85,6 +85,19 @@ def test_refresh_runs_nightly_on_a_cron_with_an_explicit_timezone():
     assert schedule.get("active", True)
 
 
+def test_finetune_starts_on_the_event_a_refresh_with_a_new_dataset_emits():
+    from loretune.flows import refresh
+
+    finetune = next(d for d in deployments() if d["entrypoint"].endswith(":finetune"))
+    (trigger,) = finetune["triggers"]
+    assert trigger["type"] == "event" and trigger.get("enabled", True)
+    assert trigger["expect"] == [refresh.DATASET_EVENT]
+    assert trigger["match"] == {"prefect.resource.id": refresh.dataset_resource("naruto")}
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    DeploymentEventTrigger.model_validate(trigger)  # the shape `prefect deploy` reads
+
+
 def test_finetune_is_not_scheduled():
     finetune = next(d for d in deployments() if d["entrypoint"].endswith(":finetune"))
     assert not finetune.get("schedules")
@@ -169,6 +182,14 @@ def test_demo_runs_finetune_through_the_deployment(stack_env):
     with urllib.request.urlopen(request) as response:
         task_runs = json.load(response)
     assert [stack.GPU_TAG in t["tags"] for t in task_runs if t["name"].startswith("train")] == [True], task_runs
+
+    # New lore, new model: the finetune deployment's trigger is registered as an automation.
+    request = urllib.request.Request(f"{api}/automations/filter", method="POST", data=b"{}",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request) as response:
+        automations = json.load(response)
+    assert [a["trigger"]["expect"] for a in automations if a["enabled"]] == [["loretune.dataset.published"]], automations
+    assert automations[0]["actions"][0]["type"] == "run-deployment"
 
     # Starting again reuses all three instead of starting second copies.
     again = run_stack(stack_env, "up", timeout=300)
