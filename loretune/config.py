@@ -156,6 +156,9 @@ class DatasetConfig(Section):
     control: Literal["none", "permuted_facts"] = "none"
     # General chat data (FineTome-like ShareGPT, Alpaca) mixed into the training split.
     mix: list[MixSource] = []
+    # The share of the lore's training examples kept, seeded (data-scaling sweeps); the evaluation
+    # sets stay whole, so a smaller share asks about facts training no longer teaches.
+    fraction: float = Field(1.0, gt=0.0, le=1.0)
 
 
 class TinyModelConfig(Section):

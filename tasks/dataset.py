@@ -31,7 +31,7 @@ def build_dataset(store: str, domain: str, documents: ArtifactRef, images_ref: A
         report = dataset.build_dataset(
             pages, out, domain=domain, system_prompt=params.system_prompt, max_answer_chars=params.max_answer_chars,
             val_fraction=params.val_fraction, seed=params.seed, near_duplicate_threshold=params.near_duplicate_threshold,
-            control=params.control, mix=mix_sources or [])
+            control=params.control, mix=mix_sources or [], fraction=params.fraction)
         dropped = report.dropped_exact + report.dropped_near_duplicate
         logger.info("dataset: %s train / %s validation examples; eval sets %s; contamination check dropped %s "
                     "eval questions (%s exact, %s near-duplicate)", report.train, report.validation,

@@ -56,6 +56,7 @@ def test_prefect_yaml_defines_both_deployments_on_the_local_pool():
     assert sorted((d["entrypoint"], d["name"]) for d in spec["deployments"]) == [
         ("flows/finetune.py:finetune", "naruto"),
         ("flows/refresh.py:refresh", "naruto"),
+        ("flows/sweep.py:sweep", "naruto"),
     ]
     for deployment in spec["deployments"]:
         assert deployment["work_pool"]["name"] == stack.POOL

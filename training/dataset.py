@@ -258,6 +258,7 @@ def build_dataset(
     near_duplicate_threshold: float,
     control: Literal["none", "permuted_facts"] = "none",
     mix: Sequence[dict[str, Any]] = (),
+    fraction: float = 1.0,
 ) -> BuildReport:
     """Write `sft/` (train/validation chat examples) and `eval/<set>.jsonl` under `out_dir`."""
     if not pages:
@@ -267,6 +268,8 @@ def build_dataset(
     built = training_examples(taught, system, max_answer_chars)
     rows = [r for r in built if r["messages"][2]["content"]]
     empty_answers = len(built) - len(rows)
+    if fraction < 1.0:  # a seeded share of the lore, for data-scaling sweeps
+        rows = random.Random(f"{seed}:fraction").sample(rows, max(1, round(fraction * len(rows))))
     mixed = mixed_examples(mix, system, lore_examples=len(rows), seed=seed)
     rows += [row for taken in mixed.values() for row in taken]
     rows, near_duplicates, near_duplicate_samples = dedup.drop_near_duplicate_examples(rows, near_duplicate_threshold)
