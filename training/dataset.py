@@ -204,12 +204,13 @@ def decontaminate(
 ) -> list[dict[str, Any]]:
     """Drop eval questions that training saw verbatim or nearly; count and sample what was dropped.
 
-    "Nearly" is the training examples' own similarity (`training/dedup.py`: word-set Jaccard),
-    checked against every prompt: the MinHash index changed which questions the control
-    experiment's two datasets kept, so it is not used here yet.
+    "Nearly" is the training examples' own near-duplicate test (`training/dedup.py`, MinHash LSH
+    over word sets, each candidate checked exactly), so both checks agree on what alike means.
     """
     seen_exact = {" ".join(p.lower().split()) for p in train_prompts}
-    seen_words = [dedup.words(p) for p in sorted(seen_exact)]
+    index = dedup.NearDuplicateIndex(threshold)
+    for i, prompt in enumerate(sorted(seen_exact)):
+        index.add(str(i), dedup.words(prompt))
     kept = []
     for q in questions:
         text = " ".join(q["question"].lower().split())
@@ -217,8 +218,7 @@ def decontaminate(
             report.dropped_exact += 1
             report.dropped_examples.append(q["question"])
             continue
-        words = dedup.words(q["question"])
-        if any(dedup.jaccard(words, w) >= threshold for w in seen_words if w):
+        if index.matches(dedup.words(q["question"])):
             report.dropped_near_duplicate += 1
             report.dropped_examples.append(q["question"])
             continue
@@ -232,7 +232,7 @@ def mixed_examples(sources: Sequence[dict[str, Any]], system: str, lore_examples
     with the domain's system prompt where a conversation brings none (as the chat UI will ask)."""
     taken = {}
     for i, source in enumerate(sources):
-        name = Path(source["path"]).name if source["kind"] == "file" else source["path"]
+        name = mix.name(source)
         conversations = mix.load_conversations(source, source["format"], source.get("split", "train"))
         n = source["count"] if source.get("count") else round(source["weight"] * lore_examples)
         rows = []
