@@ -26,11 +26,13 @@ def sweep(config: str = "deployments/naruto.yaml", grid: dict[str, list[Any]] | 
     """`grid` maps dotted config keys to values (default: `dataset.fraction` 0.25 / 0.5 / 1.0);
     `overrides` apply to every point, under the point's own."""
     grid = grid or grids.DEFAULT_GRID
-    cfg = resolve_config(config, overrides, sample_sources)  # a bad config fails before any run
+    cfg = resolve_config(config, overrides, sample_sources)
+    points = grids.points(grid)
+    for point in points:  # a bad key or value in any point fails here, before the first run
+        resolve_config(config, {**(overrides or {}), **point}, sample_sources)
     logger = get_run_logger()
     rows, runs = [], []
-    for point in grids.points(grid):
-        resolve_config(config, {**(overrides or {}), **point}, sample_sources)  # and so does a bad point
+    for point in points:
         logger.info("sweep: %s", grids.label(point))
         state = finetune.with_options(flow_run_name=f"{cfg.domain} sweep: {grids.label(point)}")(
             config=config, overrides={**(overrides or {}), **point}, sample_sources=sample_sources, return_state=True)

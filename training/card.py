@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any, Sequence
 
+from loretune.training import mix
 
-def dataset_card(domain: str, pages: Sequence[Any], report: Any, mix: Sequence[dict[str, Any]],
+
+def dataset_card(domain: str, pages: Sequence[Any], report: Any, mixed: Sequence[dict[str, Any]],
                  sets: dict[str, list[dict[str, Any]]]) -> str:
     licences = sorted({p.provenance.get("license", "") for p in pages if p.provenance.get("license")})
     lines = ["---", f"pretty_name: loretune {domain} lore", "language: [en]",
@@ -34,10 +36,10 @@ def dataset_card(domain: str, pages: Sequence[Any], report: Any, mix: Sequence[d
               f"{report.train} training and {report.validation} validation examples.", "",
               "| source / builder | examples |", "|---|---|"]
     lines += [f"| {key} | {count} |" for key, count in report.examples.items()]
-    if mix:
+    if mixed:
         lines += ["", "## Mixed-in general chat data", "", "| source | format | rows | sha256 |", "|---|---|---|---|"]
-        for source in mix:
-            name = source["path"].rsplit("/", 1)[-1] if source["kind"] == "file" else source["path"]
+        for source in mixed:
+            name = mix.name(source)
             lines.append(f"| {name} | {source['format']} | {report.mixed.get(name, 0)} | "
                          f"{source.get('sha256', 'hub')[:16]} |")
     lines += ["", "## Dropped", "",

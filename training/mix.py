@@ -40,6 +40,11 @@ def describe(path: str, relative_to: Path | None = None) -> dict[str, Any]:
     raise MixError(f"dataset.mix {path!r}: no such file")
 
 
+def name(source: dict[str, Any]) -> str:
+    """How reports and the card name a source: a file's name, or the hub id."""
+    return Path(source["path"]).name if source["kind"] == "file" else source["path"]
+
+
 def load_conversations(source: dict[str, Any], fmt: str, split: str = "train") -> list[list[dict[str, str]]]:
     """Every row of one source as chat messages; a row that does not fit the shape is an error
     naming the source, the row and what is missing."""
