@@ -49,16 +49,22 @@ def run_to_the_end(store: Path, home: Path, samples, api_url: str) -> str:
 
 
 def kill_after_first_checkpoint(store: Path, home: Path, samples, api_url: str) -> None:
-    process = subprocess.Popen(command(store, samples), cwd=ROOT, env=environment(home, api_url),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    home.mkdir(parents=True, exist_ok=True)
+    output = home / "killed-run.log"  # kept so that a run that dies early says why
+    with output.open("wb") as sink:
+        process = subprocess.Popen(command(store, samples), cwd=ROOT, env=environment(home, api_url),
+                                   stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 900
     try:
         while not list((home / "work").glob("checkpoints-*/checkpoint-2/trainer_state.json")):
-            assert process.poll() is None, "the run ended before its first checkpoint"
+            if process.poll() is not None:
+                tail = output.read_text(errors="replace")[-3000:]
+                pytest.fail(f"the run ended (exit {process.returncode}) before its first checkpoint:\n{tail}")
             assert time.monotonic() < deadline, "no checkpoint within 15 minutes"
             time.sleep(0.5)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
 
