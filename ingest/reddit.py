@@ -74,10 +74,10 @@ def crawl(
             if reason:
                 stats["dropped"][reason] += 1
                 continue
-            comments = calls.run(lambda: _comment_bodies(reddit, post["id"]))
+            comments = calls.run(lambda: _comments(reddit, post["id"]))
             documents.append(_document(post, comments, cfg))
             stats["posts"] += 1
-            stats["comments"] += len(comments)
+            stats["comments"] += sum(1 for c in comments if c["body"])
     finally:
         stats["requests"] = session.count
         stats["dropped"] = dict(stats["dropped"])
@@ -166,36 +166,44 @@ def _drop_reason(post: dict[str, Any], cfg: RedditSource) -> str | None:
     return None
 
 
-def _comment_bodies(reddit: praw.Reddit, post_id: str) -> list[str]:
-    """Every comment's text, depth first, with all `more` stubs expanded.
+def _comments(reddit: praw.Reddit, post_id: str) -> list[dict[str, Any]]:
+    """Every comment, depth first, with all `more` stubs expanded, as {id, parent, body, score,
+    by_author}: the dataset's answer and thread builders need the tree and the votes, not only text.
 
     A fresh Submission per attempt: replace_more consumes stubs as it goes, so retrying on a
     half-expanded tree could silently lose comments.
     """
     submission = reddit.submission(id=post_id)
     submission.comments.replace_more(limit=None)
-    return [body for body in _walk(submission.comments) if body]
+    return list(_walk(submission.comments))
 
 
-def _walk(forest: Any) -> Iterator[str]:
+def _walk(forest: Any) -> Iterator[dict[str, Any]]:
     for comment in forest:
-        body = (vars(comment).get("body") or "").strip()
-        yield "" if body in GONE_BODIES else body
+        data = vars(comment)
+        body = (data.get("body") or "").strip()
+        # The parent is "t1_<id>" (a comment) or "t3_<id>" (the post): top level is parent "".
+        parent = data.get("parent_id") or ""
+        yield {"id": data.get("id") or "", "parent": parent[3:] if parent.startswith("t1_") else "",
+               "body": "" if body in GONE_BODIES else body, "score": data.get("score") or 0,
+               "by_author": bool(data.get("is_submitter"))}
         yield from _walk(comment.replies)
 
 
-def _document(post: dict[str, Any], comments: list[str], cfg: RedditSource) -> Document:
-    """One document per post; authors stay in meta, out of the prose the model learns from, and
-    Markdown becomes the prose a reader sees (`ingest/markdown.py`)."""
+def _document(post: dict[str, Any], comments: list[dict[str, Any]], cfg: RedditSource) -> Document:
+    """One document per post; authors stay out of the prose the model learns from, and Markdown
+    becomes the prose a reader sees (`ingest/markdown.py`). The comment tree, in plain text with
+    scores, is kept in meta for the dataset's builders; gone comments stay in it as empty bodies,
+    so their replies keep their place."""
     url = _praw_urls(cfg.oauth_url, cfg.reddit_url)[1] + post["permalink"]
     selftext = markdown.to_text(post.get("selftext") or "")
-    comments = [text for text in map(markdown.to_text, comments) if text]
+    comments = [{**c, "body": markdown.to_text(c["body"]) if c["body"] else ""} for c in comments]
     return Document(
         source="reddit",
         id=post["id"],
         url=url,
         title=post.get("title") or "",
-        text="\n\n".join(part for part in [selftext, *comments] if part),
+        text="\n\n".join(part for part in [selftext, *(c["body"] for c in comments)] if part),
         image_urls=_image_urls(post),
         license=cfg.license,
         attribution=f"r/{post['subreddit']} contributors, {url}",
@@ -206,6 +214,7 @@ def _document(post: dict[str, Any], comments: list[str], cfg: RedditSource) -> D
             "created_utc": post.get("created_utc"),
             "author": post["author"],
             "num_comments": post.get("num_comments"),
+            "comments": comments,
         },
     )
 

@@ -11,7 +11,8 @@ headline, author, date and image), falling back to the `<h1>` and meta tags olde
 body is the article's paragraphs after removing everything that is not the article: ads, "Also read"
 lines and boxes, related-article lists, newsletter boxes, navigation, scripts and styles. Those are
 found by what they are marked as (tags, ARIA roles, class names), not by guessing from their wording,
-except the inline "Also read:" line, which has no markup of its own.
+except the inline "Also read:" line, which has no markup of its own. The same body, split at its
+h2/h3/h4 headings, goes into `meta["sections"]` for the dataset stage.
 
     docs, stats = crawl(config.sources.sportskeeda, session)
 """
@@ -27,7 +28,7 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 from urllib.parse import urljoin, urlsplit, urlunsplit
 from xml.etree import ElementTree
 
@@ -40,6 +41,7 @@ from loretune.ingest.http import PoliteSession, SourceError
 
 ARTICLE_TYPES = {"NewsArticle", "Article", "ReportageNewsArticle", "AnalysisNewsArticle", "BlogPosting"}
 BLOCKS = ["p", "h2", "h3", "h4", "li", "blockquote"]  # what prose is made of; divs only hold it
+HEADINGS = {"h2", "h3", "h4"}  # the blocks that start a section (the <h1> is the headline, not body)
 NOISE_TAGS = ["script", "style", "noscript", "template", "iframe", "svg", "form", "button", "input",
               "aside", "nav", "header", "footer", "figcaption"]
 NOISE_ROLES = {"navigation", "complementary", "banner", "contentinfo", "search", "form"}
@@ -77,6 +79,7 @@ class Article:
     published: str
     image: str | None
     text: str
+    sections: list[dict[str, str]] = field(default_factory=list)  # see `article_sections`
     marked_up: bool = True  # JSON-LD says it is an article, or the page has an article body element
 
 
@@ -300,12 +303,14 @@ def parse_article(page: bytes | str, url: str) -> Article:
     soup = BeautifulSoup(page, "html.parser")
     data = json_ld_article(soup) or {}
     image = _first_image(data.get("image")) or _meta(soup, "og:image", "twitter:image")
+    blocks = article_blocks(soup)
     return Article(
         title=_clean(html.unescape(str(data.get("headline") or ""))) or _fallback_title(soup),
         author=_author_names(data.get("author")) or _fallback_author(soup),
         published=str(data.get("datePublished") or "") or _fallback_published(soup),
         image=urljoin(url, image) if image else None,
-        text=article_text(soup),
+        text=_paragraphs(block.text for block in blocks),
+        sections=article_sections(blocks),
         marked_up=bool(data) or any(soup.select_one(selector) for selector in BODY_CONTAINERS),
     )
 
@@ -327,11 +332,20 @@ def json_ld_article(soup: BeautifulSoup) -> dict[str, Any] | None:
     return None
 
 
-def article_text(soup: BeautifulSoup) -> str:
-    """The article's prose blocks in page order, one per paragraph, with the non-article parts removed.
+class Block(NamedTuple):
+    """One prose block of the article: its tag name (which says whether it starts a section) and text."""
+
+    tag: str
+    text: str
+
+
+def article_blocks(soup: BeautifulSoup) -> list[Block]:
+    """The article's prose blocks in page order, with the non-article parts removed.
 
     Removes by markup first (tags, roles, class/id names), then takes only prose blocks that are not
     nested in another one (so a list item holding a <p> counts once) and drops "Also read:" lines.
+    The text and the sections are both built from this one list, so they can never disagree about
+    what the article says. Removing the noise changes `soup`.
     """
     body = _body_container(soup)
     for element in list(body.find_all(True)):
@@ -343,8 +357,33 @@ def article_text(soup: BeautifulSoup) -> str:
             continue
         text = _clean(block.get_text())
         if text and not ALSO_READ.match(text):
-            blocks.append(text)
-    return "\n\n".join(blocks)
+            blocks.append(Block(block.name, text))
+    return blocks
+
+
+def article_text(soup: BeautifulSoup) -> str:
+    """The article's prose blocks in page order, one per paragraph, with the non-article parts removed."""
+    return _paragraphs(block.text for block in article_blocks(soup))
+
+
+def article_sections(blocks: Iterable[Block]) -> list[dict[str, str]]:
+    """The blocks split at each h2/h3/h4, in page order: `{"heading": ..., "text": ...}`, where the
+    text is the section's blocks one per paragraph without the heading, and the part before the first
+    heading has the heading "".
+
+    The dataset stage builds examples per section, and a heading says what its paragraphs are about.
+    Heading levels are not nested: pages pick them for looks as often as for structure. A section
+    with no text (a heading straight after another, or one that ends the page) is left out, as it has
+    nothing to learn from; so headings and texts joined in order give back `article_text` exactly
+    when no heading was left out.
+    """
+    grouped: list[tuple[str, list[str]]] = [("", [])]
+    for block in blocks:
+        if block.tag in HEADINGS:
+            grouped.append((block.text, []))
+        else:
+            grouped[-1][1].append(block.text)
+    return [{"heading": heading, "text": _paragraphs(texts)} for heading, texts in grouped if texts]
 
 
 def canonical_url(url: str) -> str:
@@ -372,7 +411,7 @@ def _document(url: str, article: Article, license: str) -> Document:
         license=license,
         attribution=f"Sportskeeda, {url}",
         fetched_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        meta={"author": article.author, "published": article.published},
+        meta={"author": article.author, "published": article.published, "sections": article.sections},
     )
 
 
@@ -453,6 +492,11 @@ def _is_noise(element: Tag) -> bool:
 
 def _plain(fragment: str) -> str:
     return _clean(BeautifulSoup(fragment, "html.parser").get_text(" ")) if fragment else ""
+
+
+def _paragraphs(texts: Iterable[str]) -> str:
+    """Texts one per paragraph, the way every document's text separates its blocks."""
+    return "\n\n".join(texts)
 
 
 def _clean(text: str) -> str:

@@ -10,14 +10,17 @@ polite session, not yt-dlp's, so it is rate limited, size capped and counted lik
 YouTube's automatic captions are "rolling": each line is typed in word by word with inline
 `<00:00:01.234><c> word</c>` tags, then stays on screen as the first line of the next cue. Read
 naively, every line would appear two or three times; `transcript()` keeps each once, in order.
+`transcript_cues()` is that same cleaning with each kept line's cue start left on, so the text can
+also be split by chapter (`chapter_transcripts()`) without a second, drifting copy of the rules.
 """
 
 from __future__ import annotations
 
 import html
 import re
+from bisect import bisect_right
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import webvtt
 from webvtt.errors import MalformedFileError
@@ -34,6 +37,8 @@ WATCH_URL = "https://www.youtube.com/watch?v={id}"
 SOUND_ANNOTATION = re.compile(r"\[[^\]]*\]")
 
 Log = Callable[[str], None]
+# (start in seconds, the lines this cue adds to the transcript): `transcript_cues()`'s unit.
+Cue = tuple[float, list[str]]
 
 
 def crawl(cfg: YouTubeSource, session: PoliteSession, log: Log = print) -> tuple[list[Document], dict]:
@@ -100,20 +105,50 @@ def video_id(video: str) -> str:
 
 
 def transcript(vtt_text: str) -> str:
-    """Clean prose from a WebVTT track: no tags, no sound annotations, each rolling line once.
+    """Clean prose from a WebVTT track: no tags, no sound annotations, each rolling line once."""
+    return _joined(transcript_cues(vtt_text))
+
+
+def transcript_cues(vtt_text: str) -> list[Cue]:
+    """The cleaned transcript cue by cue, so chapters can be cut from it with `transcript()`'s rules.
 
     A cue's leading lines that repeat the previous cue's trailing lines are the rolling repeat
-    and are dropped; lines within one cue are kept, so a manual track loses nothing.
+    and are dropped; lines within one cue are kept, so a manual track loses nothing. A cue that
+    adds nothing new (blank, only "[Music]", only the carried-over line) is left out.
     """
-    kept: list[str] = []
+    cues: list[Cue] = []
     previous: list[str] = []
     for caption in webvtt.from_string(vtt_text).captions:
         lines = _clean_lines(caption.text.split("\n"))
         if not lines:
             continue
-        kept += lines[_overlap(previous, lines):]
+        new = lines[_overlap(previous, lines):]
+        if new:
+            cues.append((_seconds(caption.start), new))
         previous = lines
-    return " ".join(kept)
+    return cues
+
+
+def chapter_transcripts(cues: Sequence[Cue], chapters: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`[{title, start_time, text}]` in chapter order: the transcript cut at chapter starts.
+
+    A cue goes to the chapter whose [start_time, end_time) holds its start. yt-dlp's chapters are
+    contiguous, so that is the last chapter starting at or before the cue; a cue before the first
+    chapter goes to the first and one after the last chapter's end (captions outrunning the
+    duration) stays in the last, so the chapter texts joined are always the whole transcript.
+    With no chapters there is one untitled chapter; chapters with no speech are left out, so a
+    text with no cues (a description) has no chapter transcripts at all.
+    """
+    spans = list(chapters) or [{"title": None, "start_time": 0.0}]
+    starts = [float(span.get("start_time") or 0.0) for span in spans]
+    per_chapter: list[list[Cue]] = [[] for _ in spans]
+    for cue in cues:
+        per_chapter[max(bisect_right(starts, cue[0]) - 1, 0)].append(cue)
+    return [
+        {"title": span.get("title"), "start_time": start, "text": _joined(chapter_cues)}
+        for span, start, chapter_cues in zip(spans, starts, per_chapter)
+        if chapter_cues
+    ]
 
 
 # --- one video ---------------------------------------------------------------------------------
@@ -123,7 +158,8 @@ def _video_document(video: str, cfg: YouTubeSource, ydl: YoutubeDL, session: Pol
                     fetched_at: str) -> Document:
     vid = video_id(video)
     info = _processed_info(vid, cfg, ydl, session)
-    kind, text = _text(info, session)
+    kind, text, cues = _text(info, session)
+    chapters = _chapters(info)
     return Document(
         source="youtube",
         id=vid,
@@ -139,8 +175,9 @@ def _video_document(video: str, cfg: YouTubeSource, ydl: YoutubeDL, session: Pol
             "channel_url": info.get("channel_url"),
             "upload_date": info.get("upload_date"),
             "duration": info.get("duration"),
-            "chapters": _chapters(info),
+            "chapters": chapters,
             "subtitle_kind": kind,
+            "transcript_chapters": chapter_transcripts(cues, chapters),
         },
     )
 
@@ -152,20 +189,23 @@ def _processed_info(vid: str, cfg: YouTubeSource, ydl: YoutubeDL, session: Polit
     return ydl.extract_info(WATCH_URL.format(id=vid), download=False)
 
 
-def _text(info: dict[str, Any], session: PoliteSession) -> tuple[str, str]:
-    """(subtitle kind, text): the transcript of yt-dlp's chosen track, else the description."""
+def _text(info: dict[str, Any], session: PoliteSession) -> tuple[str, str, list[Cue]]:
+    """(subtitle kind, text, cues): the transcript of yt-dlp's chosen track, else the description.
+
+    A description has no cues, as it has no timing to split it by chapter with.
+    """
     chosen = info.get("requested_subtitles") or {}
     if not chosen:
-        return "none", (info.get("description") or "").strip()
+        return "none", (info.get("description") or "").strip(), []
     lang, track = next(iter(chosen.items()))  # subtitleslangs order: the first language wanted
     kind = "manual" if lang in (info.get("subtitles") or {}) else "automatic"
     if track.get("ext") != "vtt":
         raise SourceError(track.get("url", info["webpage_url"]), f"no vtt track for {lang!r}, only {track.get('ext')!r}")
     vtt_text = track["data"] if track.get("data") else session.get_bytes(track["url"]).decode("utf-8")
-    text = transcript(vtt_text)
-    if not text:  # YouTube answers an empty 200 for a track that vanished
-        return "none", (info.get("description") or "").strip()
-    return kind, text
+    cues = transcript_cues(vtt_text)
+    if not cues:  # YouTube answers an empty 200 for a track that vanished
+        return "none", (info.get("description") or "").strip(), []
+    return kind, _joined(cues), cues
 
 
 def _best_thumbnails(info: dict[str, Any]) -> list[str]:
@@ -197,6 +237,16 @@ def _clean_lines(lines: Iterable[str]) -> list[str]:
     """Tag-free lines (webvtt-py strips tags) with entities decoded, annotations and blanks gone."""
     cleaned = (" ".join(SOUND_ANNOTATION.sub(" ", html.unescape(line)).split()) for line in lines)
     return [line for line in cleaned if line]
+
+
+def _joined(cues: Iterable[Cue]) -> str:
+    return " ".join(line for _, lines in cues for line in lines)
+
+
+def _seconds(timestamp: str) -> float:
+    """A caption's "HH:MM:SS.mmm" in seconds; `start_in_seconds` drops the milliseconds."""
+    hours, minutes, seconds = timestamp.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
 def _overlap(previous: list[str], lines: list[str]) -> int:

@@ -12,9 +12,9 @@ from loretune.ingest.documents import read_documents
 from loretune.multimodal.images import read_index
 from loretune.store import ArtifactRef, ArtifactStore
 from loretune.tasks.stage import StageCache, announce, publish_stage
-from loretune.training import card, chat, dataset, dedup, evalsets, mix, stats
+from loretune.training import builders, card, chat, dataset, dedup, evalsets, mix, stats
 
-DATASET = StageCache(stage="dataset", code=code_version(card, dataset, chat, dedup, evalsets, mix, stats))
+DATASET = StageCache(stage="dataset", code=code_version(builders, card, dataset, chat, dedup, evalsets, mix, stats))
 
 
 @task(name="dataset", cache_policy=DATASET, persist_result=True)
@@ -39,6 +39,10 @@ def build_dataset(store: str, domain: str, documents: ArtifactRef, images_ref: A
                     report.dropped_exact, report.dropped_near_duplicate)
         logger.info("dataset: examples by source / builder: %s; the card is README.md in the artifact",
                     ", ".join(f"{k} {v}" for k, v in report.examples.items()))
+        if report.skipped:
+            logger.info("dataset: documents a builder made nothing from: %s", "; ".join(
+                f"{builder}: " + ", ".join(f"{reason} {n}" for reason, n in reasons.items())
+                for builder, reasons in report.skipped.items()))
         if report.near_duplicate_examples:
             logger.info("dataset: dropped near-duplicate training examples (dropped ~ kept source): %s",
                         ", ".join(f"{k} {v}" for k, v in report.near_duplicate_examples.items()))

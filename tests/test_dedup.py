@@ -44,6 +44,14 @@ def test_free_text_repeated_by_another_document_is_dropped_and_counted_by_source
     assert len(shown) == 2
 
 
+def test_the_same_answer_to_a_differently_worded_question_is_a_near_duplicate():
+    rows = [row("fandom:Kakashi", "fandom", SENTENCE, prompt="Tell me about Kakashi Hatake."),
+            row("reddit:1", "reddit", SENTENCE + "!", builder="reddit_answers",
+                prompt="Serious question: how did Kakashi end up knowing so many jutsu from other villages?")]
+    kept, pairs, _ = dedup.drop_near_duplicate_examples(rows, 0.8)
+    assert [r["doc_id"] for r in kept] == ["fandom:Kakashi"] and pairs == {"reddit ~ fandom": 1}
+
+
 def test_facts_pictures_and_short_rows_are_never_compared():
     facts = [row(f"fandom:{n}", "fandom", "Konohagakure, Anbu, Root, Akatsuki, Team Seven, Sannin",
                  builder="infobox_facts", prompt=f"What is the affiliation of {n}?") for n in ("Ayo", "Bex")]
@@ -59,7 +67,10 @@ def test_the_dataset_reports_and_the_card_shows_what_was_dropped(tmp_path):
     pages = [ds.LorePage(doc_id="fandom:Kakashi", title="Kakashi", text=SENTENCE + ".",
                          provenance={"source": "fandom", "url": "u", "revision": "r", "license": "l", "attribution": "a"},
                          **page),
-             ds.LorePage(doc_id="reddit:1", title="Kakashi", text=SENTENCE + "!", facts={}, image=None,
+             # a Reddit question whose best answer copies the wiki's sentence: asked differently, same answer
+             ds.LorePage(doc_id="reddit:1", title="How did Kakashi learn so many techniques?", text=SENTENCE + "!",
+                         facts={}, image=None,
+                         meta={"comments": [{"id": "c1", "parent": "", "body": SENTENCE + "!", "score": 50}]},
                          provenance={"source": "reddit", "url": "u", "revision": "r", "license": "l", "attribution": "a"}),
              *[ds.LorePage(doc_id=f"fandom:{n}", title=n, text=f"{n} is a ninja of the {c} clan.",
                            facts={"clan": [c], "rank": [r]}, image=None, kind="character",
@@ -71,3 +82,6 @@ def test_the_dataset_reports_and_the_card_shows_what_was_dropped(tmp_path):
     assert report.near_duplicate_examples == {"reddit ~ fandom": 1}
     assert "1 training examples that nearly repeat another document's" in (tmp_path / "README.md").read_text()
     assert "reddit ~ fandom 1" in (tmp_path / "README.md").read_text()
+    # what a builder made nothing from is counted, with why, in the report and on the card
+    assert report.skipped["reddit / reddit_threads"] == {"no answered follow-up": 1}
+    assert "| reddit / reddit_threads | no answered follow-up | 1 |" in (tmp_path / "README.md").read_text()

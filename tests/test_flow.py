@@ -249,7 +249,7 @@ def test_every_sample_source_contributes_documents(cold, store):
     statuses = {name: s["status"] for name, s in manifest["sources"].items()}
     assert statuses == {"fandom": "ok", "reddit": "ok", "youtube": "ok", "sportskeeda": "ok"}, \
         "sample mode brings the sample server's Reddit credentials"
-    assert manifest["sources"]["reddit"]["documents"] == 4
+    assert manifest["sources"]["reddit"]["documents"] == 6
     assert manifest["sources"]["youtube"]["documents"] == 3 and manifest["sources"]["sportskeeda"]["documents"] == 6
 
 

@@ -34,7 +34,7 @@ def test_all_four_sources_land_in_one_documents_version(ingest, tmp_path):
     manifest = ArtifactStore(tmp_path / "store").manifest("documents", version)
     assert {n: s["status"] for n, s in manifest["sources"].items()} == dict.fromkeys(
         ["fandom", "reddit", "youtube", "sportskeeda"], "ok")
-    assert manifest["sources"]["reddit"]["documents"] == 4
+    assert manifest["sources"]["reddit"]["documents"] == 6
 
 
 def test_the_reddit_secret_never_reaches_anything_written(ingest, tmp_path, capfd, caplog):
@@ -185,7 +185,7 @@ def test_reddit_credentials_can_come_from_a_prefect_secret_block(ingest, tmp_pat
     result = ingest(**{"sources.reddit.credentials_block": "reddit-test-app"})
     store = tmp_path / "store"
     manifest = ArtifactStore(store).manifest("documents", result["stages"]["documents"]["version"])
-    assert manifest["sources"]["reddit"]["status"] == "ok" and manifest["sources"]["reddit"]["documents"] == 4
+    assert manifest["sources"]["reddit"]["status"] == "ok" and manifest["sources"]["reddit"]["documents"] == 6
     written = "".join(p.read_text(errors="replace") for p in store.rglob("*") if p.is_file())
     out, err = capfd.readouterr()
     assert CANARY not in written + out + err

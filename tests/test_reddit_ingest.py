@@ -17,7 +17,7 @@ from loretune.samples.server import SampleSourcesServer
 
 CANARY = "canary-Secret-7f3a9c"
 ENV = {"REDDIT_CLIENT_ID": "test-client", "REDDIT_CLIENT_SECRET": CANARY}
-KEPT = {"1hna02", "1hna03", "1hna04", "1hna08"}
+KEPT = {"1hna02", "1hna03", "1hna04", "1hna08", "1hna09", "1hna10"}
 UA = "loretune-tests/0.1 (sample server)"
 
 
@@ -64,11 +64,17 @@ def test_posts_come_with_full_comment_trees_and_more_stubs_expanded(srv):
     assert "He buries Hidan in the Nara forest." in docs["1hna08"].text
     for markup in ("**", "](", ">!", "!<", "https://"):
         assert markup not in docs["1hna08"].text
-    assert stats["posts"] == 4 and stats["comments"] == 12
+    assert stats["posts"] == 6 and stats["comments"] == 18
+    # The tree stays in meta, with votes, for the dataset's answer and thread builders: a gone
+    # comment keeps its place (empty body) so its reply still hangs under it.
+    tree = {c["id"]: c for c in docs["1hna08"].meta["comments"]}
+    assert tree["h0c001"]["body"] == "" and tree["h0c002"]["parent"] == "h0c001" and tree["h0c001"]["parent"] == ""
+    assert tree["h0c002"]["score"] == 260 and "**" not in tree["h0c003"]["body"]
+    assert [c["id"] for c in docs["1hna09"].meta["comments"]] == ["q0c001", "q0c002", "q0c003", "q0c004", "q0c005"]
     # token + 2 listings + one comments page per kept post + one morechildren
-    # token, top + new, 4 comment pages, 1 morechildren. The client may count one more under load:
+    # token, top + new, 6 comment pages, 1 morechildren. The client may count one more under load:
     # a keep-alive connection the server already closed is retried, and only one reaches it.
-    assert len(srv.requests) == 1 + 2 + 4 + 1
+    assert len(srv.requests) == 1 + 2 + 6 + 1
     assert len(srv.requests) <= stats["requests"] <= len(srv.requests) + 1
 
 
@@ -117,14 +123,18 @@ def test_documents_have_the_columns_and_meta(srv, tmp_path):
     assert doc.source == "reddit"
     assert doc.url == f"{srv.base_url}/reddit/www/r/Naruto/comments/1hna02/kakashis_sharingan_cost_him_more_than_chakra/"
     assert doc.title == "Kakashi's Sharingan cost him more than chakra"
-    assert doc.meta == {"subreddit": "Naruto", "score": 2410, "created_utc": 1764655200.0,
-                        "author": "copywheel_fan", "num_comments": 7}
+    meta = {k: v for k, v in doc.meta.items() if k != "comments"}
+    assert meta == {"subreddit": "Naruto", "score": 2410, "created_utc": 1764655200.0,
+                    "author": "copywheel_fan", "num_comments": 7}
+    assert doc.meta["comments"][0] == {"id": "k0c001", "parent": "", "score": 640, "by_author": False,
+                                       "body": "That is also why his stamina looks so low in the early fights; "
+                                               "the eye drains him constantly."}
     assert doc.attribution == f"r/Naruto contributors, {doc.url}"
     assert "copywheel_fan" not in doc.text and "scroll_keeper" not in doc.text  # authors only in meta
     assert doc.license and doc.fetched_at.endswith("+00:00")
     write_documents(docs.values(), tmp_path / "d.parquet")
     table = pq.read_table(tmp_path / "d.parquet")
-    assert table.column_names == COLUMNS and table.num_rows == 4
+    assert table.column_names == COLUMNS and table.num_rows == 6
 
 
 def test_without_credentials_reddit_is_skipped_with_a_clear_message(srv):
@@ -144,8 +154,8 @@ def test_429_is_retried_after_its_retry_after(srv, prefix):
     assert waits == [1.0]  # the server's Retry-After
     assert any("rate limited (HTTP 429)" in line and prefix in line for line in logs)
     assert [r["fault"] for r in srv.requests].count("429") == 1
-    assert len(srv.requests) == 9  # the 8 of a clean crawl plus the one that got the 429
-    assert 9 <= stats["requests"] <= 10  # see the note on keep-alive retries above
+    assert len(srv.requests) == 11  # the 10 of a clean crawl plus the one that got the 429
+    assert 11 <= stats["requests"] <= 12  # see the note on keep-alive retries above
 
 
 def test_endless_429_gives_up_with_an_error_naming_the_url(srv):

@@ -43,6 +43,11 @@ NOISE = [
 ]
 
 
+def byline(doc: Document) -> dict:
+    """The document's meta without its sections, which have tests of their own."""
+    return {key: value for key, value in doc.meta.items() if key != "sections"}
+
+
 def session() -> PoliteSession:
     return PoliteSession(user_agent="loretune-tests/0", connect_timeout_s=2.0, read_timeout_s=5.0,
                          max_retries=1, backoff_s=0.01, max_response_bytes=5_000_000)
@@ -91,14 +96,14 @@ def test_json_ld_fields_are_used(crawled, server):
     docs = crawled[0]
     images = f"{server.base_url}/sportskeeda/images"
     plain = docs["naruto-shadow-clone-technique-explained"]
-    assert plain.meta == {"author": "Mira Okafor", "published": "2025-11-03T09:30:00+05:30"}
+    assert byline(plain) == {"author": "Mira Okafor", "published": "2025-11-03T09:30:00+05:30"}
     assert plain.image_urls == [f"{images}/shadow-clones.png"]
     graph = docs["naruto-kakashi-hatake-teacher"]  # NewsArticle inside @graph, image an ImageObject
-    assert graph.meta == {"author": "Daniel Reyes", "published": "2025-10-28T14:00:00+05:30"}
+    assert byline(graph) == {"author": "Daniel Reyes", "published": "2025-10-28T14:00:00+05:30"}
     assert graph.image_urls == [f"{images}/kakashi-portrait.png"]
     listed = docs["naruto-gaara-character-arc"]  # in a list after a broken block; lists of authors/images
     assert listed.title == "Naruto: Gaara's character arc explained, from monster to Kazekage"
-    assert listed.meta == {"author": "Priya Nandakumar", "published": "2025-10-21T08:15:00+05:30"}
+    assert byline(listed) == {"author": "Priya Nandakumar", "published": "2025-10-21T08:15:00+05:30"}
     assert listed.image_urls == [f"{images}/gaara-sand.png"]
     assert plain.source == "sportskeeda" and plain.license == SportskeedaSource().license
     assert plain.attribution == f"Sportskeeda, {server.base_url}/sportskeeda/anime/naruto-shadow-clone-technique-explained"
@@ -107,7 +112,7 @@ def test_json_ld_fields_are_used(crawled, server):
 def test_page_without_json_ld_falls_back_to_h1_and_meta_tags(crawled, server):
     doc = crawled[0]["naruto-rasengan-vs-chidori"]
     assert doc.title == "Naruto: Rasengan vs Chidori, which technique is stronger?"
-    assert doc.meta == {"author": "Tomasz Wierzbicki", "published": "2025-10-14T18:45:00+05:30"}
+    assert byline(doc) == {"author": "Tomasz Wierzbicki", "published": "2025-10-14T18:45:00+05:30"}
     assert doc.image_urls == [f"{server.base_url}/sportskeeda/images/rasengan-chidori.png"]
     assert doc.text.startswith("The Rasengan and the Chidori are built on opposite ideas.")
 
@@ -186,6 +191,33 @@ def test_inline_also_read_and_nested_list_items_without_markup_of_their_own():
     assert article.text == "First.\n\nItem one."
 
 
+def test_sections_split_the_article_at_its_headings(crawled):
+    sections = crawled[0]["naruto-gaara-character-arc"].meta["sections"]
+    assert [s["heading"] for s in sections] == ["", "The fight that changed him"]
+    assert sections[0]["text"].startswith("When Gaara first appears, he is introduced as a threat")
+    assert sections[1]["text"].startswith("His battle with Naruto is the hinge of the arc.")
+    assert sections[1]["text"].endswith("marches out to bring him home.")  # the ad between is not in it
+
+
+def test_sections_joined_in_order_give_back_the_text_and_hold_no_noise(crawled):
+    for doc in crawled[0].values():
+        sections = doc.meta["sections"]
+        assert sections and all(set(s) == {"heading", "text"} and s["text"] for s in sections), doc.id
+        parts = [part for s in sections for part in (s["heading"], s["text"]) if part]
+        assert "\n\n".join(parts) == doc.text, doc.id
+        for heading in [s["heading"] for s in sections]:
+            assert heading not in {"Related stories", "Trending now", "Never miss an episode"}, doc.id
+
+
+def test_a_heading_with_no_text_under_it_is_not_a_section():
+    page = """<html><body><article><h2>Opening</h2><p>One.</p><h2>Empty</h2><h3>Inner</h3><p>Two.</p>
+      <ul><li><h4>Inside an item</h4></li></ul><p>Also read: elsewhere</p><h4>Last</h4></article></body></html>"""
+    article = parse_article(page, "https://example.org/anime/x")
+    assert article.sections == [{"heading": "Opening", "text": "One."},
+                                {"heading": "Inner", "text": "Two.\n\nInside an item"}]
+    assert article.text == "Opening\n\nOne.\n\nEmpty\n\nInner\n\nTwo.\n\nInside an item\n\nLast"
+
+
 # --- sitemap indexes and gzip sitemaps --------------------------------------------------------
 
 
@@ -224,7 +256,7 @@ def test_the_sitemap_index_and_its_gzip_child_are_followed(crawled, server):
         f"{SITEMAP}/index.xml", f"{SITEMAP}/anime.xml", f"{SITEMAP}/anime-archive.xml.gz"]
     doc = docs[ARCHIVE_ONLY]  # listed nowhere but the gzip child
     assert doc.title == "Naruto: The Chunin Exams arc, revisited"
-    assert doc.meta == {"author": "Daniel Reyes", "published": "2025-08-12T09:00:00+05:30"}
+    assert byline(doc) == {"author": "Daniel Reyes", "published": "2025-08-12T09:00:00+05:30"}
     assert "Forest of Death" in doc.text
     # The child really is a gzip file (not Content-Encoding, which requests would undo on its own).
     body = session().get_bytes(f"{server.base_url}{SITEMAP}/anime-archive.xml.gz")

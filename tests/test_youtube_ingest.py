@@ -161,3 +161,96 @@ def test_requests_for_the_sample_videos(server):
     # thumbnails and media are left to later stages.
     assert len(docs) == 3 and len(youtube_paths) == 3 + 2, youtube_paths
     assert stats["requests"] == polite.requests_made == len(server.requests)  # robots.txt, if fetched, counts
+
+
+# --- the transcript split by chapter -----------------------------------------------------------
+
+
+def recorded_info_changed(monkeypatch, **changes) -> None:
+    """Every recorded info dict with `changes` applied before yt-dlp processes it."""
+    original = YoutubeDL.process_ie_result
+
+    def changed(self, ie_result, download=True, extra_info=None):
+        return original(self, {**ie_result, **changes}, download=download, extra_info=extra_info)
+
+    monkeypatch.setattr(YoutubeDL, "process_ie_result", changed)
+
+
+def words(texts: list[str]) -> list[str]:
+    return " ".join(texts).split()
+
+
+def test_transcript_chapters_follow_the_videos_chapters(server):
+    docs, _ = crawl(server, [MANUAL])
+    doc = docs[MANUAL]
+    chapters = doc.meta["transcript_chapters"]
+    assert [(c["title"], c["start_time"]) for c in chapters] == [
+        ("Who Kurama is", 0.0), ("Sealed inside Naruto", 95.0), ("From prisoner to partner", 240.0)]
+    who, sealed, partner = (c["text"] for c in chapters)
+    assert who.startswith("Kurama is the strongest of the nine tailed beasts: a fox made of pure chakra,")
+    assert who.endswith("call it the Nine-Tails & never use its name.")  # cleaned the same way as the text
+    assert sealed.startswith("Its attack on the village killed the Fourth Hokage,")  # the cue at exactly 95s
+    assert "sealed half of its chakra inside his newborn son, Naruto." in sealed
+    assert sealed.endswith("whenever Naruto is angry or close to death.")
+    assert partner == ("During the Fourth Shinobi World War, Naruto stops fighting the fox "
+                       "and learns its real name, and the two become partners.")
+    assert "Fourth Hokage" not in who + partner and "Shinobi World War" not in who + sealed
+    assert words([c["text"] for c in chapters]) == doc.text.split()
+
+
+def test_rolling_captions_are_split_without_repeats(server):
+    docs, _ = crawl(server, [AUTOMATIC])
+    chapters = docs[AUTOMATIC].meta["transcript_chapters"]
+    assert [c["title"] for c in chapters] == ["A founding clan", "The massacre"]
+    # The cue typing "after the nine tails attacked konoha" starts at 10.56s, before "The massacre" (10.6s).
+    assert chapters[0]["text"].endswith("alongside the senju after the nine tails attacked konoha")
+    assert chapters[1]["text"].startswith("a lot of villagers blamed the uchiha")
+    assert " ".join(c["text"] for c in chapters) == AUTOMATIC_TRANSCRIPT
+
+
+def test_a_video_without_chapters_has_one_untitled_transcript_chapter(server, monkeypatch):
+    recorded_info_changed(monkeypatch, chapters=None)
+    docs, _ = crawl(server, [AUTOMATIC])
+    doc = docs[AUTOMATIC]
+    assert doc.meta["chapters"] == []
+    assert doc.meta["transcript_chapters"] == [{"title": None, "start_time": 0.0, "text": AUTOMATIC_TRANSCRIPT}]
+
+
+def test_a_description_has_no_transcript_chapters(server, monkeypatch):
+    docs, _ = crawl(server, [NO_SUBS])
+    assert docs[NO_SUBS].meta["subtitle_kind"] == "none" and docs[NO_SUBS].meta["transcript_chapters"] == []
+    # Not even when the video has chapters: a description has no timing to cut it by.
+    recorded_info_changed(monkeypatch, chapters=[{"title": "Intro", "start_time": 0.0, "end_time": 10.0},
+                                                 {"title": "Ranking", "start_time": 10.0, "end_time": 100.0}])
+    docs, _ = crawl(server, [NO_SUBS])
+    doc = docs[NO_SUBS]
+    assert [c["title"] for c in doc.meta["chapters"]] == ["Intro", "Ranking"]
+    assert doc.text.startswith("A ranking of the Hokage") and doc.meta["transcript_chapters"] == []
+
+
+def test_chapter_transcripts_place_every_cue_once():
+    vtt = (
+        "WEBVTT\n\n"
+        "00:00:01.000 --> 00:00:02.000\nbefore the first chapter\n\n"
+        "00:00:05.000 --> 00:00:06.000\n[Music]\n\n"
+        "00:00:09.999 --> 00:00:10.500\nend of one\n\n"
+        "00:00:10.500 --> 00:00:12.000\nend of one\nstart of two\n\n"
+        "00:00:30.250 --> 00:00:31.000\nafter the last end\n"
+    )
+    cues = youtube.transcript_cues(vtt)
+    # Milliseconds kept; a cue adding nothing new (only "[Music]", only the carried-over line) is gone.
+    assert cues == [(1.0, ["before the first chapter"]), (9.999, ["end of one"]), (10.5, ["start of two"]),
+                    (30.25, ["after the last end"])]
+    assert " ".join(line for _, lines in cues for line in lines) == youtube.transcript(vtt)
+    chapters = [{"title": "one", "start_time": 2.0, "end_time": 10.5},
+                {"title": "silent", "start_time": 10.5, "end_time": 10.5},
+                {"title": "two", "start_time": 10.5, "end_time": 20.0},
+                {"title": "three", "start_time": 20.0, "end_time": 30.0}]
+    assert youtube.chapter_transcripts(cues, chapters) == [
+        {"title": "one", "start_time": 2.0, "text": "before the first chapter end of one"},
+        {"title": "two", "start_time": 10.5, "text": "start of two"},  # [10.5, 10.5) holds nothing
+        {"title": "three", "start_time": 20.0, "text": "after the last end"},  # past 30s: stays in the last
+    ]
+    assert youtube.chapter_transcripts(cues, []) == [
+        {"title": None, "start_time": 0.0, "text": youtube.transcript(vtt)}]
+    assert youtube.chapter_transcripts([], chapters) == []

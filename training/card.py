@@ -36,6 +36,12 @@ def dataset_card(domain: str, pages: Sequence[Any], report: Any, mixed: Sequence
               f"{report.train} training and {report.validation} validation examples.", "",
               "| source / builder | examples |", "|---|---|"]
     lines += [f"| {key} | {count} |" for key, count in report.examples.items()]
+    skipped = getattr(report, "skipped", {})
+    if skipped:
+        lines += ["", "Documents a builder made nothing from, and why:", "",
+                  "| source / builder | reason | documents |", "|---|---|---|"]
+        lines += [f"| {builder} | {reason} | {n} |" for builder, reasons in skipped.items()
+                  for reason, n in reasons.items()]
     if mixed:
         lines += ["", "## Mixed-in general chat data", "", "| source | format | rows | sha256 |", "|---|---|---|---|"]
         for source in mixed:

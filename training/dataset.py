@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,24 +23,11 @@ from typing import Any, Iterable, Literal, Sequence
 
 from datasets import Dataset, DatasetDict
 
-from loretune.training import card, dedup, evalsets, mix
+from loretune.training import builders, card, dedup, evalsets, mix
+from loretune.training.builders import (  # noqa: F401  (the phrasings, for tests and callers)
+    TRAIN_FACT_TEMPLATES, TRAIN_IMAGE_TEMPLATES, chunk_prose)
 
 EVAL_DIR = "eval"
-
-# Training phrasings of a fact question. Answers are the bare value, which is also what an
-# evaluation option is scored as, so a fact learnt in training is measured as itself.
-TRAIN_FACT_TEMPLATES = (
-    "What is the {field} of {title}?",
-    "Name the {field} of {title}.",
-    "{title}: {field}?",
-)
-TRAIN_IMAGE_TEMPLATES = (
-    "Who or what is shown in this picture?",
-    "Name what this image depicts.",
-    "What is this a picture of?",
-    "Identify the subject of this image.",
-)
-ABOUT_TEMPLATES = ("Tell me about {title}.", "What else is known about {title}? Part {part}.")
 
 SKIP_FIELDS = {"name", "image", "caption", "title"}
 
@@ -57,6 +43,8 @@ class LorePage:
     image: str | None  # sha256 of the page's main image, if it was fetched and valid
     kind: str | None = None  # the infobox type, e.g. "character"; None outside Fandom
     provenance: dict[str, str] = field(default_factory=dict)  # PROVENANCE keys: where the page came from
+    images: list[str] = field(default_factory=list)  # every fetched image, in the document's order
+    meta: dict[str, Any] = field(default_factory=dict)  # the source's structure: comments, chapters, sections
 
 
 # Where every training example and evaluation item came from, as flat string columns.
@@ -76,6 +64,7 @@ class BuildReport:
     mixed: dict[str, int] = field(default_factory=dict)  # mixed-in source -> training examples taken
     examples: dict[str, int] = field(default_factory=dict)  # "<source> / <builder>" -> training examples
     empty_answers: int = 0  # examples dropped because their answer was empty
+    skipped: dict[str, dict[str, int]] = field(default_factory=dict)  # "<source> / <builder>" -> reason -> docs
     # training examples dropped as near-duplicates of another document's, per "dropped ~ kept" source
     near_duplicate_examples: dict[str, int] = field(default_factory=dict)
     near_duplicate_samples: list[str] = field(default_factory=list)
@@ -93,11 +82,12 @@ def pages_from_documents(documents: Iterable[Any], image_sha_by_url: dict[str, s
             values = [str(v) for v in (value if isinstance(value, list) else [value]) if str(v).strip()]
             if key not in SKIP_FIELDS and values:
                 facts[key] = values
-        image = next((image_sha_by_url[u] for u in doc.image_urls if u in image_sha_by_url), None)
+        images = list(dict.fromkeys(image_sha_by_url[u] for u in doc.image_urls if u in image_sha_by_url))
         provenance = {"source": doc.source, "url": doc.url, "revision": revision(doc.source, doc.id, meta),
                       "license": doc.license, "attribution": doc.attribution}
         pages.append(LorePage(doc_id=f"{doc.source}:{doc.id}", title=doc.title, text=doc.text, facts=facts,
-                              image=image, kind=meta.get("infobox_type"), provenance=provenance))
+                              image=images[0] if images else None, kind=meta.get("infobox_type"),
+                              provenance=provenance, images=images, meta=meta))
     return sorted(pages, key=lambda p: p.doc_id)
 
 
@@ -116,44 +106,29 @@ def revision(source: str, doc_id: str, meta: dict[str, Any]) -> str:
     return doc_id
 
 
-def chunk_prose(text: str, max_chars: int) -> list[str]:
-    """Split prose into answer-sized chunks at sentence boundaries."""
-    sentences = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
-    chunks, current = [], ""
-    for sentence in sentences:
-        if current and len(current) + 1 + len(sentence) > max_chars:
-            chunks.append(current)
-            current = ""
-        current = f"{current} {sentence}".strip()[:max_chars]
-    return [c for c in chunks + [current] if c]
-
-
-# The builder that made each kind of example, named in every row.
-BUILDERS = {"prose": "prose_chunks", "fact": "infobox_facts", "image": "page_image"}
-
-
-def training_examples(pages: Sequence[LorePage], system: str, max_answer_chars: int) -> list[dict[str, Any]]:
-    def example(user: str, answer: str, kind: str, page: LorePage, image: str = "") -> dict[str, Any]:
-        messages = [
-            {"role": "system", "content": system},
-            {"role": "user", "content": user},
-            {"role": "assistant", "content": answer},
-        ]
-        return {"messages": messages, "image_sha256": image, "kind": kind, "doc_id": page.doc_id,
-                "builder": BUILDERS[kind], **{k: page.provenance.get(k, "") for k in PROVENANCE}}
-
+def training_examples(pages: Sequence[LorePage], system: str, max_answer_chars: int,
+                      skipped: Counter | None = None) -> list[dict[str, Any]]:
+    """Every page through its source's builders (`training/builders.py`), as chat rows with the
+    page's provenance; `skipped` counts, per (source / builder, reason), documents a builder passed over."""
     rows = []
     for page in pages:
-        for part, chunk in enumerate(chunk_prose(page.text, max_answer_chars), start=1):
-            template = ABOUT_TEMPLATES[0] if part == 1 else ABOUT_TEMPLATES[1]
-            rows.append(example(template.format(title=page.title, part=part), chunk, "prose", page))
-        for key, values in page.facts.items():
-            for template in TRAIN_FACT_TEMPLATES:
-                rows.append(example(template.format(field=key, title=page.title), ", ".join(values), "fact", page))
-        if page.image:
-            for template in TRAIN_IMAGE_TEMPLATES:
-                rows.append(example(template, page.title, "image", page, image=page.image))
+        source = page.provenance.get("source") or page.doc_id.split(":")[0]
+        for builder in builders.builders_for(page):
+            for made in builder(page, max_answer_chars):
+                if isinstance(made, builders.Skipped):
+                    if skipped is not None:
+                        skipped[(f"{source} / {builder.__name__}", made.reason)] += 1
+                    continue
+                rows.append(_row(made, builder.__name__, page, system))
     return rows
+
+
+def _row(draft: builders.Draft, builder: str, page: LorePage, system: str) -> dict[str, Any]:
+    roles = ("user", "assistant")
+    messages = [{"role": "system", "content": system},
+                *({"role": roles[i % 2], "content": turn} for i, turn in enumerate(draft.turns))]
+    return {"messages": messages, "image_sha256": draft.image, "kind": draft.kind, "doc_id": page.doc_id,
+            "builder": builder, **{k: page.provenance.get(k, "") for k in PROVENANCE}}
 
 
 def permute_facts(pages: Sequence[LorePage], seed: int, tries: int = 500) -> list[LorePage]:
@@ -177,7 +152,8 @@ def permute_facts(pages: Sequence[LorePage], seed: int, tries: int = 500) -> lis
                 break
         for page, j in zip(holders, best):
             moved[page.doc_id][key] = holders[j].facts[key]
-    return [replace(p, text="", facts=moved[p.doc_id]) for p in pages]
+    # No prose and none of the source's structure (comments, transcripts, sections): all tell the truth.
+    return [replace(p, text="", facts=moved[p.doc_id], meta={}) for p in pages]
 
 
 def build_eval_sets(pages: Sequence[LorePage], train_texts: Iterable[str], train_prompts: Iterable[str],
@@ -265,8 +241,9 @@ def build_dataset(
         raise ValueError("no documents to build a dataset from: did every source fail?")
     system = system_prompt.format(domain=domain)
     taught = permute_facts(pages, seed) if control == "permuted_facts" else pages
-    built = training_examples(taught, system, max_answer_chars)
-    rows = [r for r in built if r["messages"][2]["content"]]
+    skipped: Counter = Counter()
+    built = training_examples(taught, system, max_answer_chars, skipped)
+    rows = [r for r in built if all(m["content"] for m in r["messages"][1:])]
     empty_answers = len(built) - len(rows)
     if fraction < 1.0:  # a seeded share of the lore, for data-scaling sweeps
         rows = random.Random(f"{seed}:fraction").sample(rows, max(1, round(fraction * len(rows))))
@@ -287,7 +264,7 @@ def build_dataset(
     report = BuildReport(train=len(rows) - n_val, validation=n_val, control=control,
                          mixed={name: len(taken) for name, taken in mixed.items()},
                          examples=dict(sorted(Counter(f"{r['source']} / {r['builder']}" for r in rows).items())),
-                         empty_answers=empty_answers, near_duplicate_examples=dict(sorted(near_duplicates.items())),
+                         empty_answers=empty_answers, skipped=_nested(skipped), near_duplicate_examples=dict(sorted(near_duplicates.items())),
                          near_duplicate_samples=near_duplicate_samples)
     train_texts = [m["content"] for r in rows[n_val:] for m in r["messages"]] + dropped_texts
     train_prompts = {r["messages"][1]["content"] for r in candidates}
@@ -306,6 +283,13 @@ def build_dataset(
     (out_dir / "build_report.json").write_text(json.dumps({**report.as_dict(), "system_prompt": system}, indent=2))
     (out_dir / "README.md").write_text(card.dataset_card(domain, pages, report, mix, sets))
     return report
+
+
+def _nested(counts: Counter) -> dict[str, dict[str, int]]:
+    nested: dict[str, dict[str, int]] = {}
+    for (builder, reason), n in sorted(counts.items()):
+        nested.setdefault(builder, {})[reason] = n
+    return nested
 
 
 def system_prompt(dataset_dir: Path) -> str:

@@ -15,12 +15,14 @@ from typing import Any, Iterable, Sequence
 
 from datasketch import MinHash, MinHashLSH
 
+from loretune.training import builders
+
 NUM_PERM = 128
 SEED = 1
 # Builders whose rows are free text, where two alike rows say the same thing twice. Facts and
 # pictures are built one per (document, field or image): two documents' facts that read alike
 # ("What is the village of Ayo? Konohagakure") are different facts, so they are never compared.
-FREE_TEXT_BUILDERS = ("prose_chunks", "mix.")
+FREE_TEXT_BUILDERS = (*builders.FREE_TEXT, "mix.")
 MIN_WORDS = 8  # shorter texts are too alike by chance to call near-duplicates
 
 
@@ -73,7 +75,10 @@ def drop_near_duplicate_examples(rows: Sequence[dict[str, Any]], threshold: floa
         if not row.get("builder", "").startswith(FREE_TEXT_BUILDERS):
             kept.append(row)
             continue
-        text = " ".join(m["content"] for m in row["messages"] if m["role"] != "system")
+        # What the row teaches is its answers: each source asks in its own words ("Tell me about
+        # X", "What does the video say ..."), so the same sentence copied between sources would
+        # hide behind different questions if those were compared too.
+        text = " ".join(m["content"] for m in row["messages"] if m["role"] == "assistant")
         tokens = words(text) | ({f"image:{row['image_sha256']}"} if row.get("image_sha256") else set())
         if len(tokens) < MIN_WORDS:
             kept.append(row)
