@@ -86,6 +86,23 @@ def _run_flow(flow_name: str, config: str, store: str | None, sets: list[str], o
         return flow(config=config, overrides=overrides, sample_sources=base_url)
 
 
+def _grid(text: str | None, config: str, overrides: dict[str, Any]) -> dict[str, list[Any]]:
+    """The grid as YAML, every point checked like an override before any run starts."""
+    import yaml
+
+    from loretune.training import sweep as grids
+
+    try:
+        grid = yaml.safe_load(text) if text else grids.DEFAULT_GRID
+        if not isinstance(grid, dict) or not all(isinstance(v, list) for v in grid.values()):
+            raise ValueError("expected a mapping of dotted config keys to lists of values")
+        for point in grids.points(grid):
+            load_config(config, {**overrides, **point})
+    except (yaml.YAMLError, ValueError) as exc:  # ConfigError is a ValueError
+        _fail(f"--grid {text!r}: {exc}")
+    return grid
+
+
 @app.command()
 def run(config: str = CONFIG, store: Optional[str] = STORE, set: list[str] = SET,
         offline: bool = OFFLINE, sample_sources: Optional[str] = SAMPLES) -> None:
@@ -103,6 +120,31 @@ def ingest(config: str = CONFIG, store: Optional[str] = STORE, set: list[str] = 
            offline: bool = OFFLINE, sample_sources: Optional[str] = SAMPLES) -> None:
     """Run the ingest stage only: ask every source, publish documents if they changed."""
     _print_stages(_run_flow("ingest", config, store, set, offline, sample_sources))
+
+
+@app.command()
+def sweep(config: str = CONFIG, store: Optional[str] = STORE, set: list[str] = SET,
+          grid: Optional[str] = typer.Option(None, "--grid", help="YAML mapping of dotted keys to values, e.g. "
+                                             "'{training.lora.r: [8, 16]}' (default: dataset.fraction 0.25 / 0.5 / 1.0)"),
+          offline: bool = OFFLINE, sample_sources: Optional[str] = SAMPLES) -> None:
+    """Run the sweep flow locally: finetune once per grid point (cached), then one comparison."""
+    overrides = _overrides(store, set)
+    try:
+        load_config(config, overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+    points = _grid(grid, config, overrides)
+    from loretune.flows.sweep import sweep as flow
+
+    with _sample_sources(offline, sample_sources) as base_url:
+        result = flow(config=config, grid=points, overrides=overrides, sample_sources=base_url)
+    columns = list(dict.fromkeys(k.rsplit(".", 1)[-1] for k in points))
+    _print_rows([*columns, "set", "checkpoint", "acc", "step 0", "vs step 0 (95% CI)", "best baseline"],
+                [(*(r[c] for c in columns), r["set"], r["checkpoint"] + (" (promoted)" if r["promoted"] else ""),
+                  _pm(r["acc"], r["acc_stderr"]), _cell(r["step0_acc"]),
+                  "-" if r["delta_acc"] is None else
+                  f"{r['delta_acc']:+.3f} [{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}]",
+                  _cell(r["best_baseline"])) for r in result["rows"]])
 
 
 @store_app.command("ls")

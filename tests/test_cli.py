@@ -27,6 +27,15 @@ def test_ill_typed_set_value_names_key_and_value(tmp_path):
     assert "training.max_steps" in result.output and "'lots'" in result.output
 
 
+def test_a_sweep_grid_with_a_bad_point_fails_before_any_work_naming_it(tmp_path):
+    result = runner.invoke(app, ["sweep", "--store", str(tmp_path), "--grid", "{training.lora.r: [8, many]}"])
+    assert result.exit_code == 2
+    assert "--grid" in result.output and "training.lora.r" in result.output and "'many'" in result.output
+    assert not any(tmp_path.iterdir()), "nothing may be written for a rejected grid"
+    not_a_grid = runner.invoke(app, ["sweep", "--store", str(tmp_path), "--grid", "training.lora.r=8"])
+    assert not_a_grid.exit_code == 2 and "mapping of dotted config keys to lists" in not_a_grid.output
+
+
 def test_store_ls_lists_versions_with_sizes(tmp_path):
     store = ArtifactStore(tmp_path)
     store.publish("dataset", "abc123", lambda out: (out / "data.txt").write_text("x" * 2048) and None, {})
