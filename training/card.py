@@ -51,7 +51,7 @@ def dataset_card(domain: str, pages: Sequence[Any], report: Any, mixed: Sequence
     lines += ["", "## Dropped", "",
               f"- {report.empty_answers} training examples with an empty answer.",
               f"- {sum(report.near_duplicate_examples.values())} training examples that nearly repeat another "
-              "document's (MinHash LSH over word sets, prose and mixed-in rows): "
+              "document's (MinHash LSH over the answers' word sets, free-text and mixed-in rows): "
               + (", ".join(f"{k} {v}" for k, v in report.near_duplicate_examples.items()) or "none") + ".",
               f"- {report.dropped_exact} evaluation questions that training saw verbatim, and "
               f"{report.dropped_near_duplicate} near-duplicates of a training prompt (word-set Jaccard "
