@@ -249,7 +249,7 @@ def document_images(page: LorePage, max_chars: int) -> Built:
 
 
 def _where(page: LorePage) -> str:
-    source = page.provenance.get("source") or page.doc_id.split(":")[0]
+    source = source_of(page)
     if source == "reddit":
         return f'post "{page.title}" on r/{page.meta.get("subreddit") or "?"}'
     if source == "youtube":
@@ -266,14 +266,18 @@ SOURCE_BUILDERS: dict[str, tuple[Builder, ...]] = {
     "youtube": (video_transcript, document_images),
     "sportskeeda": (article_sections, document_images),
 }
-DEFAULT_BUILDERS: tuple[Builder, ...] = (prose_chunks, infobox_facts, page_image)  # any other source
+DEFAULT_BUILDERS = SOURCE_BUILDERS["fandom"]  # any other source: a wiki-like page
 # Builders whose examples are free text, where two alike examples say the same thing twice.
 FREE_TEXT = ("prose_chunks", "reddit_answers", "reddit_threads", "video_transcript", "article_sections")
 
 
+def source_of(page: LorePage) -> str:
+    """The page's source; pages made without provenance (tests, old callers) carry it in doc_id."""
+    return page.provenance.get("source") or page.doc_id.split(":")[0]
+
+
 def builders_for(page: LorePage) -> tuple[Builder, ...]:
-    source = page.provenance.get("source") or page.doc_id.split(":")[0]
-    return SOURCE_BUILDERS.get(source, DEFAULT_BUILDERS)
+    return SOURCE_BUILDERS.get(source_of(page), DEFAULT_BUILDERS)
 
 
 def _fit(answer: str, max_chars: int) -> str:

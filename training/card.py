@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any, Sequence
 
-from loretune.training import mix
+from loretune.training import builders, mix
 
 
 def dataset_card(domain: str, pages: Sequence[Any], report: Any, mixed: Sequence[dict[str, Any]],
@@ -27,7 +27,7 @@ def dataset_card(domain: str, pages: Sequence[Any], report: Any, mixed: Sequence
              "| source | documents | licence | attribution (first document) |", "|---|---|---|---|"]
     by_source: dict[str, list[Any]] = defaultdict(list)
     for page in pages:
-        by_source[page.provenance.get("source") or page.doc_id.split(":")[0]].append(page)
+        by_source[builders.source_of(page)].append(page)
     for source, members in sorted(by_source.items()):
         found = sorted({m.provenance.get("license", "") for m in members} - {""})
         lines.append(f"| {source} | {len(members)} | {', '.join(found) or 'not recorded'} | "

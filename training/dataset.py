@@ -112,7 +112,7 @@ def training_examples(pages: Sequence[LorePage], system: str, max_answer_chars: 
     page's provenance; `skipped` counts, per (source / builder, reason), documents a builder passed over."""
     rows = []
     for page in pages:
-        source = page.provenance.get("source") or page.doc_id.split(":")[0]
+        source = builders.source_of(page)
         for builder in builders.builders_for(page):
             for made in builder(page, max_answer_chars):
                 if isinstance(made, builders.Skipped):
