@@ -23,6 +23,9 @@ from loretune.training.evalsets import EvalSetError
 os.environ.setdefault("PREFECT_HOME", str(state_dir() / "prefect"))
 os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)  # Prefect creates only the last level
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# As the stack does: no telemetry from an offline tool. Its heartbeat also raced the temporary
+# server's SQLite at start-up and printed a "database is locked" traceback on every run.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 store_app = typer.Typer(no_args_is_help=True, help="Inspect the versioned artifact store.")

@@ -12,6 +12,8 @@ import pytest
 os.environ.setdefault("LORETUNE_HOME", tempfile.mkdtemp(prefix="loretune-test-home-"))
 os.environ.setdefault("PREFECT_HOME", os.path.join(os.environ["LORETUNE_HOME"], "prefect"))
 os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
+# One dequantised SmolLM2 for the session, shared by tests whose runs have a LORETUNE_HOME of their own.
+os.environ.setdefault("LORETUNE_MODEL_CACHE", os.path.join(os.environ["LORETUNE_HOME"], "model-cache"))
 
 
 def free_port() -> int:

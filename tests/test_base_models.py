@@ -70,8 +70,22 @@ def test_a_local_folder_is_pinned_by_content_and_copied_whole(tmp_path):
         bm.describe_source(str(tmp_path / "elsewhere"))
 
 
+def test_a_dequantisation_that_fails_leaves_no_cache_entry_to_trust(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORETUNE_MODEL_CACHE", str(tmp_path / "cache"))
+
+    def killed(path):
+        raise RuntimeError("killed half-way")
+
+    monkeypatch.setattr(bm, "_from_gguf", killed)
+    out = tmp_path / "model"
+    out.mkdir()
+    with pytest.raises(RuntimeError, match="killed half-way"):
+        bm.materialise("smollm2-135m-instruct", bm.describe_source("smollm2-135m-instruct"), out)
+    assert list((tmp_path / "cache").iterdir()) == [] and list(out.iterdir()) == []
+
+
 @pytest.mark.slow
-def test_the_packaged_smollm2_becomes_a_portable_safetensors_folder_that_answers_as_the_gguf_does(tmp_path):
+def test_the_packaged_smollm2_becomes_a_portable_safetensors_folder_that_answers_as_the_gguf_does(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = bm.describe_source("smollm2-135m-instruct")
@@ -87,6 +101,13 @@ def test_the_packaged_smollm2_becomes_a_portable_safetensors_folder_that_answers
         if path.suffix in {".json", ".jinja"}:
             text = path.read_text()
             assert str(tmp_path) not in text and "site-packages" not in text, f"{path.name} names a machine path"
+
+    # A second store gets the machine's dequantised copy: linked weights, no second dequantisation.
+    monkeypatch.setattr(bm, "_from_gguf", lambda path: pytest.fail("dequantised again despite the cache"))
+    again = tmp_path / "other-store" / "model"
+    again.mkdir(parents=True)
+    assert bm.materialise("smollm2-135m-instruct", source, again) == provenance
+    assert (again / "model.safetensors").stat().st_ino == (out / "model.safetensors").stat().st_ino
 
     copy = tmp_path / "copied"
     shutil.copytree(out, copy)  # a store moved to another folder or machine still loads

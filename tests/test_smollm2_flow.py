@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -109,8 +110,8 @@ def test_smollm2_trains_is_killed_resumes_to_the_same_result_and_is_evaluated(tm
 
     resumed = load_file(str(published(store, "checkpoints") / "checkpoint-4" / "adapter_model.safetensors"))
     shutil.rmtree(published(store, "checkpoints"))
-    shutil.rmtree(evaluation)
-    run_to_the_end(store, home, samples, api_url)  # the same version, uninterrupted this time
+    log = run_to_the_end(store, home, samples, api_url)  # the same version, uninterrupted this time
+    assert re.search(r"Task run 'evaluate-\w+' - Finished in state Cached", log), "same checkpoints: evaluation is cached"
     straight = load_file(str(published(store, "checkpoints") / "checkpoint-4" / "adapter_model.safetensors"))
     assert resumed.keys() == straight.keys()
     for key in resumed:

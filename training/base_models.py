@@ -17,15 +17,23 @@ file in it names a path on the machine that built it, so a copied store still lo
 `describe_source` is cheap and runs before any work: its answer is part of the model stage's
 version (the GGUF's sha256, the resolved commit), and a source that cannot be had fails there,
 with one message saying what to do instead.
+
+Dequantising the packaged GGUF takes about 30 s on two cores, so its result is kept once per
+machine (`LORETUNE_MODEL_CACHE`, default `$LORETUNE_HOME/model-cache`) and a new store, a test or a
+second domain's store links it in seconds. The entry is named by the source and this module's code,
+so a new GGUF or a change here makes a new one; it is written whole or not at all.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import importlib.metadata
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,12 +145,52 @@ def resolve_revision(repo: str, revision: str | None) -> str:
 def materialise(base: str, source: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """Write the model folder for a non-tiny `model.base`; returns its provenance (also in the folder)."""
     if source["kind"] == "package":
-        tokenizer, model = _from_gguf(packaged_file(source["name"])[2])
-    else:
-        folder = Path(base).expanduser() if source["kind"] == "folder" else Path(_hub_snapshot(source))
-        if source["kind"] == "folder" and folder_hash(folder) != source["sha256"]:
-            raise ModelSourceError(f"model.base {base!r} changed while the flow ran; run it again")
-        tokenizer, model = _from_folder(folder)
+        return _from_cache(source, out_dir)
+    folder = Path(base).expanduser() if source["kind"] == "folder" else Path(_hub_snapshot(source))
+    if source["kind"] == "folder" and folder_hash(folder) != source["sha256"]:
+        raise ModelSourceError(f"model.base {base!r} changed while the flow ran; run it again")
+    return _save(*_from_folder(folder), source, out_dir)
+
+
+def model_cache_dir() -> Path:
+    """Per machine, not per store: a sweep's or a test's fresh store must not dequantise again."""
+    default = Path(os.environ.get("LORETUNE_HOME", ".loretune")) / "model-cache"
+    return Path(os.environ.get("LORETUNE_MODEL_CACHE", default)).expanduser().resolve()
+
+
+def _from_cache(source: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """The packaged model's folder from the machine's cache, dequantised into it first if missing.
+    Weights are hard-linked (they are never edited; the model stage edits the tokenizer files,
+    which are copied)."""
+    key = hashlib.sha256(json.dumps(source, sort_keys=True).encode() + Path(__file__).read_bytes()).hexdigest()
+    entry = model_cache_dir() / f"{source['name']}-{key[:16]}"
+    if not (entry / PROVENANCE_FILE).exists():
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
+        try:
+            _save(*_from_gguf(packaged_file(source["name"])[2]), source, building)
+            os.rename(building, entry)  # whole or not at all; a process that got there first wins
+        except OSError:
+            if not (entry / PROVENANCE_FILE).exists():
+                raise
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+    for path in entry.iterdir():
+        if path.suffix == ".safetensors":
+            _link_or_copy(path, out_dir / path.name)
+        else:
+            shutil.copy2(path, out_dir / path.name)
+    return json.loads((out_dir / PROVENANCE_FILE).read_text())
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system
+        shutil.copy2(source, target)
+
+
+def _save(tokenizer: Any, model: Any, source: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     model.generation_config.save_pretrained(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
@@ -173,11 +221,11 @@ def prepare_chat(out_dir: Path, chat_template: str | None, name: str) -> ChatFor
 def _from_gguf(path: Path) -> tuple[Any, Any]:
     """transformers dequantises a GGUF to fp32, but refuses to save a GGUF-loaded model: rebuild a
     plain model from its config and move the weights over."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    config = copy.deepcopy(loaded.config)  # not parsed from the GGUF a second time (4 s)
     for attribute in ("quantization_config", "_name_or_path"):
         if hasattr(config, attribute):
             delattr(config, attribute)
