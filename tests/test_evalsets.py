@@ -166,3 +166,18 @@ def test_lore_without_images_has_no_pictures_set_and_still_evaluates(tmp_path):
     sets, baselines = ds.load_eval_sets(tmp_path, [], max_items=10, seed=0)
     assert list(sets) == ["facts", "synthetic"] and set(baselines) == {"facts", "synthetic"}
     assert all(len(items) == 10 for items in sets.values())
+
+
+def test_every_point_of_a_data_scaling_sweep_answers_the_same_questions_with_the_same_options(tmp_path):
+    """Distractors are balanced on frequencies in the lore: were that the share a point trains on,
+    each point would get other options and its score would not compare with the next one's."""
+    built = {}
+    for fraction in (0.25, 1.0):
+        out = tmp_path / str(fraction)
+        out.mkdir()
+        report = ds.build_dataset(pages(), out, domain="test", system_prompt="S", max_answer_chars=200,
+                                  val_fraction=0.1, seed=0, near_duplicate_threshold=0.8, fraction=fraction)
+        built[fraction] = report.train, {p.name: p.read_text() for p in sorted((out / ds.EVAL_DIR).iterdir())}
+    (few, few_sets), (all_, all_sets) = built[0.25], built[1.0]
+    assert few < all_ / 2, "the 0.25 point trains on a quarter of the lore"
+    assert few_sets == all_sets and all(text.strip() for text in all_sets.values())

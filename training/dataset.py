@@ -156,12 +156,12 @@ def permute_facts(pages: Sequence[LorePage], seed: int, tries: int = 500) -> lis
     return [replace(p, text="", facts=moved[p.doc_id], meta={}) for p in pages]
 
 
-def build_eval_sets(pages: Sequence[LorePage], train_texts: Iterable[str], train_prompts: Iterable[str],
+def build_eval_sets(pages: Sequence[LorePage], lore_texts: Iterable[str], offered_prompts: Iterable[str],
                     seed: int, threshold: float, report: BuildReport) -> dict[str, list[dict[str, Any]]]:
     """The three built-in sets, decontaminated, answers placed, baselines recorded and checked."""
-    index = evalsets.TextIndex(train_texts)
+    index = evalsets.TextIndex(lore_texts)
     builders = {"facts": evalsets.facts_set, "synthetic": evalsets.synthetic_set, "pictures": evalsets.pictures_set}
-    prompts = set(train_prompts)
+    prompts = set(offered_prompts)
     sets = {}
     for name, builder in builders.items():
         rng = random.Random(f"{seed}:{name}")
@@ -243,18 +243,15 @@ def build_dataset(
     taught = permute_facts(pages, seed) if control == "permuted_facts" else pages
     skipped: Counter = Counter()
     built = training_examples(taught, system, max_answer_chars, skipped)
-    rows = [r for r in built if all(m["content"] for m in r["messages"][1:])]
-    empty_answers = len(built) - len(rows)
+    lore = [r for r in built if all(m["content"] for m in r["messages"][1:])]
+    empty_answers = len(built) - len(lore)
+    rows = lore
     if fraction < 1.0:  # a seeded share of the lore, for data-scaling sweeps
-        rows = random.Random(f"{seed}:fraction").sample(rows, max(1, round(fraction * len(rows))))
+        rows = random.Random(f"{seed}:fraction").sample(lore, max(1, round(fraction * len(lore))))
     mixed = mixed_examples(mix, system, lore_examples=len(rows), seed=seed)
-    rows += [row for taken in mixed.values() for row in taken]
-    candidates = rows
-    rows, near_duplicates, near_duplicate_samples = dedup.drop_near_duplicate_examples(rows, near_duplicate_threshold)
-    # The evaluation sets are built against all the text training was offered, dropped twins
-    # included, so they do not change with what the near-duplicate pass removed.
-    kept_ids = {id(r) for r in rows}
-    dropped_texts = [m["content"] for r in candidates if id(r) not in kept_ids for m in r["messages"]]
+    mixed_rows = [row for taken in mixed.values() for row in taken]
+    rows, near_duplicates, near_duplicate_samples = dedup.drop_near_duplicate_examples(rows + mixed_rows,
+                                                                                       near_duplicate_threshold)
     random.Random(seed).shuffle(rows)
     n_val = int(len(rows) * val_fraction)
     # An empty split cannot be saved and loaded back by `datasets`: no validation split then.
@@ -266,9 +263,14 @@ def build_dataset(
                          examples=dict(sorted(Counter(f"{r['source']} / {r['builder']}" for r in rows).items())),
                          empty_answers=empty_answers, skipped=_nested(skipped), near_duplicate_examples=dict(sorted(near_duplicates.items())),
                          near_duplicate_samples=near_duplicate_samples)
-    train_texts = [m["content"] for r in rows[n_val:] for m in r["messages"]] + dropped_texts
-    train_prompts = {r["messages"][1]["content"] for r in candidates}
-    sets = build_eval_sets(pages, train_texts, train_prompts, seed, near_duplicate_threshold, report)
+    # The evaluation sets are built against the whole lore, never against the share of it a sweep
+    # point trains on nor what the near-duplicate pass kept: the distractors are balanced on
+    # frequencies in that text, so every point of a data-scaling sweep, every threshold, answers
+    # the same questions with the same options and their scores compare item by item. A question
+    # any offered example asks (lore or mixed) is dropped as leaked.
+    lore_texts = [m["content"] for r in lore for m in r["messages"]]
+    offered_prompts = {r["messages"][1]["content"] for r in lore + mixed_rows}
+    sets = build_eval_sets(pages, lore_texts, offered_prompts, seed, near_duplicate_threshold, report)
     by_doc = {page.doc_id: page.provenance for page in pages}
     sets = {name: [{**item, **{k: by_doc.get(item.get("doc_id"), {}).get(k, "") for k in PROVENANCE}} for item in items]
             for name, items in sets.items()}
