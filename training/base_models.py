@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from loretune.config import state_dir
 from loretune.training.chat import ChatFormat, add_image_token, inspect_template
 
 PROVENANCE_FILE = "loretune_model.json"
@@ -154,8 +155,7 @@ def materialise(base: str, source: dict[str, Any], out_dir: Path) -> dict[str, A
 
 def model_cache_dir() -> Path:
     """Per machine, not per store: a sweep's or a test's fresh store must not dequantise again."""
-    default = Path(os.environ.get("LORETUNE_HOME", ".loretune")) / "model-cache"
-    return Path(os.environ.get("LORETUNE_MODEL_CACHE", default)).expanduser().resolve()
+    return Path(os.environ.get("LORETUNE_MODEL_CACHE", state_dir() / "model-cache")).expanduser().resolve()
 
 
 def _from_cache(source: dict[str, Any], out_dir: Path) -> dict[str, Any]:
