@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 
 from loretune.config import load_config
+from loretune.dataset import assemble as ds
+from loretune.dataset import evalsets, layout
+from loretune.evaluation.binary_choice import build_requests, score_sets
 from loretune.ingest.sources import collect
+from loretune.model.collator import FusionCollator
+from loretune.model.tiny_model import build_and_save
 from loretune.multimodal.fusion import attach_projector
 from loretune.samples.server import SampleSourcesServer, sample_overrides
-from loretune.training import dataset as ds
-from loretune.training.evaluate import build_requests, score_sets
-from loretune.training.sft import FusionCollator
-from loretune.training.tiny_model import build_and_save
 
 
 def smollm2() -> tuple[object, object] | None:
@@ -76,12 +77,12 @@ def main() -> None:
         ds.build_dataset(pages, out, domain=cfg.domain, system_prompt=cfg.dataset.system_prompt,
                          max_answer_chars=cfg.dataset.max_answer_chars, val_fraction=cfg.dataset.val_fraction,
                          seed=cfg.dataset.seed, near_duplicate_threshold=cfg.dataset.near_duplicate_threshold)
-        sets, _ = ds.load_eval_sets(out, [], args.max_items, seed=0)
+        sets, _ = evalsets.load_eval_sets(out, [], args.max_items, seed=0)
         sets = {k: v for k, v in sets.items() if k != "pictures"}  # no image features here; text cost only
-        system = ds.system_prompt(out)
+        system = layout.system_prompt(out)
         print(f"torch threads {torch.get_num_threads()}, max_items {args.max_items}, batch {args.batch_size}\n")
         print(f"{'model':24} {'items':>6} {'tokens':>8} {'seconds':>8} {'tokens/s':>9}   sets")
-        build_and_save(ds.corpus_texts(out), Path(tmp) / "tiny", **cfg.model.tiny.model_dump())
+        build_and_save(layout.corpus_texts(out), Path(tmp) / "tiny", **cfg.model.tiny.model_dump())
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         measure("tiny (0.6M)", AutoTokenizer.from_pretrained(Path(tmp) / "tiny"),

@@ -83,7 +83,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from loretune.training.chat import ChatFormat
+    from loretune.model.chat_format import ChatFormat
 
     tokenizer = AutoTokenizer.from_pretrained(folder / "merged")
     fmt = ChatFormat.load(folder / "merged")

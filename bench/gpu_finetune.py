@@ -32,7 +32,7 @@ def build_model(out: Path, gguf: Path | None, tokenizer_dir: Path) -> str:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from loretune.training import base_models
+    from loretune.model import base_models
 
     if out.exists():
         shutil.rmtree(out)
@@ -78,7 +78,10 @@ def main() -> int:
     args = parser.parse_args()
 
     from loretune.config import load_config, parse_overrides
-    from loretune.training import dataset, evaluate, promotion, sft, worker
+    from loretune.dataset import evalsets, layout
+    from loretune.evaluation import binary_choice, promotion
+    from loretune.training import sft, worker
+    from loretune.training.recipe import Recipe
 
     cfg = load_config(args.config, parse_overrides(args.set))
     if args.memory_fraction:
@@ -95,7 +98,7 @@ def main() -> int:
 
     started = time.perf_counter()
     worker.train_checkpoints(backend=args.backend, dataset_dir=args.dataset, features=features, clip_dim=clip_dim,
-                             base_model=str(args.work / "model"), output_dir=scratch, cfg=cfg.training,
+                             base_model=str(args.work / "model"), output_dir=scratch, cfg=Recipe.from_dict(cfg.training.model_dump()),
                              image_tokens=cfg.model.image_tokens, load_in_4bit=args.load_in_4bit,
                              log=lambda line: print(line, flush=True))
     times["train"] = time.perf_counter() - started
@@ -110,10 +113,10 @@ def main() -> int:
         return 0
 
     started = time.perf_counter()
-    sets, baselines = dataset.load_eval_sets(args.dataset, [], cfg.evaluation.max_items, cfg.evaluation.seed)
-    result = evaluate.evaluate_checkpoints(
+    sets, baselines = evalsets.load_eval_sets(args.dataset, [], cfg.evaluation.max_items, cfg.evaluation.seed)
+    result = binary_choice.evaluate_checkpoints(
         base_model=str(args.work / "model"), checkpoints=checkpoints, sets=sets,
-        system=dataset.system_prompt(args.dataset), features=features, batch_size=cfg.evaluation.batch_size,
+        system=layout.system_prompt(args.dataset), features=features, batch_size=cfg.evaluation.batch_size,
         max_length=cfg.training.max_length, attn_implementation=cfg.training.attn_implementation,
         log=lambda line: print(line, flush=True))
     times["evaluate"] = time.perf_counter() - started

@@ -31,7 +31,7 @@ cp "$(ls "$STORE"/features/*/features.parquet | head -1)" .gpu/data/features.par
 for f in tokenizer.json tokenizer_config.json chat_template.jinja generation_config.json loretune_chat.json; do
     cp "$model/$f" .gpu/data/tokenizer/
 done
-gguf=$($PY -c "from loretune.training.base_models import packaged_file; print(packaged_file('smollm2-135m-instruct')[2])")
+gguf=$($PY -c "from loretune.model.base_models import packaged_file; print(packaged_file('smollm2-135m-instruct')[2])")
 head -c 36M "$gguf" > .gpu/gguf.a && tail -c +$((36 * 1024 * 1024 + 1)) "$gguf" > .gpu/gguf.b
 sha256sum "$gguf"
 du -sh .gpu/*

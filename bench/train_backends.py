@@ -87,7 +87,7 @@ def build_model(name: str, out: Path, tokenizer_dir: Path, device: str) -> Path:
 
 
 def build_tokenizer_and_data(work: Path, seq_len: int, blocks: int) -> tuple[Path, Path]:
-    """A byte-level BPE on the lore, as training/tiny_model.py's (which needs the installed package, and the GPU
+    """A byte-level BPE on the lore, as model/tiny_model.py's (which needs the installed package, and the GPU
     machine runs the bare checkout), and the lore as `blocks` rows of `seq_len` token ids."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AutoTokenizer, PreTrainedTokenizerFast

@@ -25,10 +25,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from loretune.chat.backends import ChatError, Settings, default_threads  # noqa: E402
+from loretune.chat.backends import ChatError, default_threads  # noqa: E402
+from loretune.chat.catalogue import ServableModel  # noqa: E402
 from loretune.chat.models import Catalogue, ModelCache  # noqa: E402
 from loretune.chat.speech import Transcriber  # noqa: E402
-from loretune.training.exports import ServableModel  # noqa: E402
+from loretune.model.generate import Decoding  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def build_app(store: str | Path, *, system_prompt: str | None = None, hotwords: 
             gr.Warning(str(exc))
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), error(str(exc))
             return
-        settings = Settings(temperature=float(temperature), top_p=float(top_p), max_new_tokens=int(max_new_tokens))
+        settings = Decoding(temperature=float(temperature), top_p=float(top_p), max_new_tokens=int(max_new_tokens))
         asked = [*history, {"role": "user", "content": question}]
         shown = [*shown, *([{"role": "user", "content": {"path": image}}] if image else []),
                  {"role": "user", "content": question}]
@@ -208,7 +209,7 @@ def build_app(store: str | Path, *, system_prompt: str | None = None, hotwords: 
             chosen = catalogue.find(model or None)
             backend = cache.get(chosen)
             messages = text_history([{"role": "user", "content": question}], system)
-            settings = Settings(temperature=float(temperature), top_p=float(top_p), max_new_tokens=int(max_new_tokens))
+            settings = Decoding(temperature=float(temperature), top_p=float(top_p), max_new_tokens=int(max_new_tokens))
             return "".join(backend.stream(messages, settings))
         except ChatError as exc:
             raise gr.Error(str(exc)) from None

@@ -1,9 +1,9 @@
 """Talking to one model: transformers for model folders, llama.cpp for GGUF files.
 
 Both backends take the same conversation (`[{"role", "content"}]`, system turn first if any) and
-the same decoding `Settings`, and `stream` yields the reply piece by piece, so the UI shows text as
+the same `Decoding` (model/generate.py), and `stream` yields the reply piece by piece, so the UI shows text as
 it is generated. Both render the prompt as training did: the model folder's `loretune_chat.json`
-(`training.chat.ChatFormat`) folds a refused system turn into the first user turn and fixes the
+(`model/chat_format.py ChatFormat`) folds a refused system turn into the first user turn and fixes the
 date for templates that write one. transformers renders with the tokenizer's chat template;
 llama.cpp with the template embedded in the GGUF (the converter copies the folder's), through
 llama-cpp-python's own Jinja renderer, the one its `create_chat_completion` uses. Generation is
@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
+from loretune.model.generate import Decoding
+
 Message = dict[str, str]
 
 
@@ -40,18 +42,8 @@ class ImagesNotSupported(ChatError):
     """A picture was sent to a model that reads text only."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Decoding settings; temperature 0 means greedy (and then top-p does not matter)."""
-
-    temperature: float = 0.0
-    top_p: float = 0.9
-    max_new_tokens: int = 200
-    seed: int = 0  # sampling is reproducible for the same seed, as everything else here
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0
+# What the UI starts with: greedy, and top-p 0.9 for when the temperature slider is raised.
+CHAT_DECODING = Decoding(top_p=0.9, max_new_tokens=200)
 
 
 @dataclass
@@ -78,13 +70,13 @@ class ChatBackend(Protocol):
     accepts_images: bool
     last: Generation | None
 
-    def stream(self, messages: Sequence[Message], settings: Settings, image: str | Path | None = None
+    def stream(self, messages: Sequence[Message], settings: Decoding, image: str | Path | None = None
                ) -> Iterator[str]:
         """Yield the reply in pieces (their concatenation is the reply)."""
         ...
 
 
-def reply(backend: ChatBackend, messages: Sequence[Message], settings: Settings = Settings(),
+def reply(backend: ChatBackend, messages: Sequence[Message], settings: Decoding = CHAT_DECODING,
           image: str | Path | None = None) -> str:
     """The whole reply at once (for the API and tests)."""
     return "".join(backend.stream(messages, settings, image))
@@ -119,8 +111,8 @@ class TransformersChat:
     def __init__(self, folder: str | Path, projector: str | Path | None = None, name: str | None = None):
         import torch
 
-        from loretune.training.backends import default_device, load_base
-        from loretune.training.chat import ChatFormat
+        from loretune.model.chat_format import ChatFormat
+        from loretune.model.loading import default_device, load_base
 
         self.folder = Path(folder)
         self.name = name or self.folder.name
@@ -158,9 +150,11 @@ class TransformersChat:
             messages[-1:] = self.format.with_image(messages[-1:], image_tokens)
         return self.format.ids(self.tokenizer, messages, add_generation_prompt=True)
 
-    def stream(self, messages: Sequence[Message], settings: Settings, image: str | Path | None = None
+    def stream(self, messages: Sequence[Message], settings: Decoding, image: str | Path | None = None
                ) -> Iterator[str]:
         from transformers import StoppingCriteria, StoppingCriteriaList
+
+        from loretune.model.generate import generate
 
         torch = self._torch
         _check_messages(messages)
@@ -189,26 +183,20 @@ class TransformersChat:
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
                 return cancelled.is_set()
 
-        decoding: dict[str, Any] = {"do_sample": False}
-        if not settings.greedy:  # top_k=0: temperature and top-p alone, as llama.cpp is run here
-            decoding = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p, "top_k": 0}
         failure: list[BaseException] = []
 
-        def generate() -> None:
+        def run() -> None:
             try:
-                if not settings.greedy:
-                    torch.manual_seed(settings.seed)
-                with torch.no_grad():
-                    self.model.generate(**inputs, **decoding, max_new_tokens=settings.max_new_tokens,
-                                        eos_token_id=sorted(self.eos_ids), pad_token_id=self.tokenizer.pad_token_id,
-                                        streamer=streamer, stopping_criteria=StoppingCriteriaList([_Cancelled()]))
+                generate(self.model, settings, inputs=inputs, eos_ids=sorted(self.eos_ids),
+                         pad_id=self.tokenizer.pad_token_id, streamer=streamer,
+                         stopping_criteria=StoppingCriteriaList([_Cancelled()]))
             except BaseException as exc:  # surfaced to the reader below
                 failure.append(exc)
                 streamer.end()
 
         self.last = generation = Generation(prompt_tokens=len(ids))
         started = time.monotonic()
-        thread = threading.Thread(target=generate, name=f"generate-{self.name}", daemon=True)
+        thread = threading.Thread(target=run, name=f"generate-{self.name}", daemon=True)
         thread.start()
         try:
             for piece in streamer:
@@ -295,7 +283,7 @@ class LlamaCppChat:
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        from loretune.training.chat import ChatFormat
+        from loretune.model.chat_format import ChatFormat
 
         self.path = Path(path)
         self.name = name or self.path.name
@@ -343,7 +331,7 @@ class LlamaCppChat:
         # The template writes every special token itself (as with transformers' apply_chat_template).
         return self.llm.tokenize(self.prompt(messages).encode("utf-8"), add_bos=False, special=True)
 
-    def stream(self, messages: Sequence[Message], settings: Settings, image: str | Path | None = None
+    def stream(self, messages: Sequence[Message], settings: Decoding, image: str | Path | None = None
                ) -> Iterator[str]:
         if image is not None:
             raise ImagesNotSupported(f"{self.name} is a GGUF file run by llama.cpp, which reads text only here: "

@@ -112,8 +112,8 @@ class ImageInput:
         """Rebuild the projector on `model`, load its trained weights, put the placeholder token back."""
         from safetensors.torch import load_file
 
+        from loretune.model.chat_format import add_image_token
         from loretune.multimodal.fusion import attach_projector
-        from loretune.training.chat import add_image_token
 
         spec = ProjectorSpec.load(folder, name)
         projector = attach_projector(model, spec.clip_dim, spec.image_tokens, spec.projector_seed,

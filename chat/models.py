@@ -1,6 +1,6 @@
 """Which models a store offers, and the one loaded now.
 
-The list is read from the store each time it is asked for (`training.exports.list_models`: every
+The list is read from the store each time it is asked for (`chat/catalogue.py list_models`: every
 export, newest first, then the base models), so an export published while the UI runs appears on
 the next refresh. Only one model is kept loaded: the models are small, the machines that run this
 are too, and switching costs seconds (transformers) or less (llama.cpp).
@@ -13,8 +13,15 @@ import json
 import threading
 from pathlib import Path
 
-from loretune.chat.backends import ChatBackend, ChatError, LlamaCppChat, ModelUnavailable, TransformersChat
-from loretune.training.exports import EXPORT_FILE, MERGED_DIR, ServableModel, list_models
+from loretune.chat.backends import (
+    ChatBackend,
+    ChatError,
+    LlamaCppChat,
+    ModelUnavailable,
+    TransformersChat,
+)
+from loretune.chat.catalogue import ServableModel, list_models
+from loretune.export.layout import EXPORT_FILE, MERGED_DIR
 
 FALLBACK_SYSTEM_PROMPT = "You are a helpful assistant."
 

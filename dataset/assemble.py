@@ -23,11 +23,13 @@ from typing import Any, Iterable, Literal, Sequence
 
 from datasets import Dataset, DatasetDict
 
-from loretune.training import builders, card, dedup, evalsets, mix
-from loretune.training.builders import (  # noqa: F401  (the phrasings, for tests and callers)
-    TRAIN_FACT_TEMPLATES, TRAIN_IMAGE_TEMPLATES, chunk_prose)
-
-EVAL_DIR = "eval"
+from loretune.dataset import builders, card, dedup, evalsets, mix
+from loretune.dataset.builders import (  # noqa: F401  (the phrasings, for tests and callers)
+    TRAIN_FACT_TEMPLATES,
+    TRAIN_IMAGE_TEMPLATES,
+    chunk_prose,
+)
+from loretune.dataset.layout import BUILD_REPORT, EVAL_DIR, SFT_DIR
 
 SKIP_FIELDS = {"name", "image", "caption", "title"}
 
@@ -108,7 +110,7 @@ def revision(source: str, doc_id: str, meta: dict[str, Any]) -> str:
 
 def training_examples(pages: Sequence[LorePage], system: str, max_answer_chars: int,
                       skipped: Counter | None = None) -> list[dict[str, Any]]:
-    """Every page through its source's builders (`training/builders.py`), as chat rows with the
+    """Every page through its source's builders (`dataset/builders.py`), as chat rows with the
     page's provenance; `skipped` counts, per (source / builder, reason), documents a builder passed over."""
     rows = []
     for page in pages:
@@ -180,7 +182,7 @@ def decontaminate(
 ) -> list[dict[str, Any]]:
     """Drop eval questions that training saw verbatim or nearly; count and sample what was dropped.
 
-    "Nearly" is the training examples' own near-duplicate test (`training/dedup.py`, MinHash LSH
+    "Nearly" is the training examples' own near-duplicate test (`dataset/dedup.py`, MinHash LSH
     over word sets, each candidate checked exactly), so both checks agree on what alike means.
     """
     seen_exact = {" ".join(p.lower().split()) for p in train_prompts}
@@ -204,7 +206,7 @@ def decontaminate(
 
 def mixed_examples(sources: Sequence[dict[str, Any]], system: str, lore_examples: int,
                    seed: int) -> dict[str, list[dict[str, Any]]]:
-    """Rows of each mixed-in source (`training/mix.py`), `count` of them or `weight` x the lore's,
+    """Rows of each mixed-in source (`dataset/mix.py`), `count` of them or `weight` x the lore's,
     with the domain's system prompt where a conversation brings none (as the chat UI will ask)."""
     taken = {}
     for i, source in enumerate(sources):
@@ -277,12 +279,12 @@ def build_dataset(
     if not sets["facts"] and not sets["synthetic"]:
         raise ValueError("no evaluation questions could be built: pages need infobox facts shared across pages")
 
-    splits.save_to_disk(str(out_dir / "sft"))
+    splits.save_to_disk(str(out_dir / SFT_DIR))
     (out_dir / EVAL_DIR).mkdir()
     for name, items in sets.items():
         evalsets.write_set(items, out_dir / EVAL_DIR / f"{name}.jsonl")
     report.dropped_examples = report.dropped_examples[:20]
-    (out_dir / "build_report.json").write_text(json.dumps({**report.as_dict(), "system_prompt": system}, indent=2))
+    (out_dir / BUILD_REPORT).write_text(json.dumps({**report.as_dict(), "system_prompt": system}, indent=2))
     (out_dir / "README.md").write_text(card.dataset_card(domain, pages, report, mix, sets))
     return report
 
@@ -292,30 +294,3 @@ def _nested(counts: Counter) -> dict[str, dict[str, int]]:
     for (builder, reason), n in sorted(counts.items()):
         nested.setdefault(builder, {})[reason] = n
     return nested
-
-
-def system_prompt(dataset_dir: Path) -> str:
-    return json.loads((dataset_dir / "build_report.json").read_text())["system_prompt"]
-
-
-def eval_set_paths(dataset_dir: Path) -> dict[str, Path]:
-    """The built-in sets a dataset holds, in their fixed order."""
-    return {name: dataset_dir / EVAL_DIR / f"{name}.jsonl" for name in evalsets.BUILTIN_SETS
-            if (dataset_dir / EVAL_DIR / f"{name}.jsonl").exists()}
-
-
-def corpus_texts(dataset_dir: Path) -> list[str]:
-    """Training text only (never eval questions), e.g. to train the tiny model's tokenizer."""
-    train = DatasetDict.load_from_disk(str(dataset_dir / "sft"))["train"]
-    return [m["content"] for row in train["messages"] for m in row]
-
-
-def load_eval_sets(dataset_dir: Path, user_sets: Sequence[evalsets.UserSet], max_items: int | None,
-                   seed: int) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, dict[str, float]]]]:
-    """The sets one evaluation scores (built-in, then user-supplied), each sampled to `max_items`,
-    with the baselines of exactly those items (frequency counted in this dataset's training text)."""
-    sets = {name: evalsets.read_set(path, allow_empty=True) for name, path in eval_set_paths(dataset_dir).items()}
-    sets.update({s.name: evalsets.load_user_set(s) for s in user_sets})
-    sets = {name: evalsets.sample(items, max_items, seed) for name, items in sets.items() if items}
-    index = evalsets.TextIndex(corpus_texts(dataset_dir))
-    return sets, {name: evalsets.baselines(items, index) for name, items in sets.items()}

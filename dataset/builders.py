@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 if TYPE_CHECKING:
-    from loretune.training.dataset import LorePage
+    from loretune.dataset.assemble import LorePage
 
 # Training phrasings of a fact question. Answers are the bare value, which is also what an
 # evaluation option is scored as, so a fact learnt in training is measured as itself.

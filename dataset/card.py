@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any, Sequence
 
-from loretune.training import builders, mix
+from loretune.dataset import builders, mix
 
 
 def dataset_card(domain: str, pages: Sequence[Any], report: Any, mixed: Sequence[dict[str, Any]],

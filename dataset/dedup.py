@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 from datasketch import MinHash, MinHashLSH
 
-from loretune.training import builders
+from loretune.dataset import builders
 
 NUM_PERM = 128
 SEED = 1

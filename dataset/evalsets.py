@@ -25,7 +25,6 @@ text, the shorter string); a built-in set whose frequency or length baseline fal
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -37,7 +36,9 @@ from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from loretune.training.stats import mean_stderr
+from loretune.dataset.layout import EVAL_DIR, corpus_texts
+from loretune.hashing import file_sha256
+from loretune.stats import mean_stderr
 
 BUILTIN_SETS = ("facts", "synthetic", "pictures")
 FACT_TEMPLATE = "In the lore, which {field} goes with {title}?"
@@ -417,14 +418,31 @@ def user_sets(paths: Sequence[str | Path], relative_to: Path | None = None) -> l
         name = path.stem
         if name in BUILTIN_SETS or name in found:
             raise EvalSetError(f"{path}: a set named {name!r} already exists; rename the file")
-        found[name] = UserSet(name, str(path), hashlib.sha256(path.read_bytes()).hexdigest())
+        found[name] = UserSet(name, str(path), file_sha256(path))
     return list(found.values())
 
 
 def load_user_set(user_set: UserSet) -> list[dict[str, Any]]:
     """The set's items, refusing a file that changed since its hash was taken (it was versioned)."""
     path = Path(user_set.path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+    digest = file_sha256(path) if path.exists() else None
     if digest != user_set.sha256:
         raise EvalSetError(f"{path}: the evaluation set changed while the flow ran; run it again")
     return [{**item, "set": user_set.name} for item in read_set(path)]
+
+
+def eval_set_paths(dataset_dir: Path) -> dict[str, Path]:
+    """The built-in sets a dataset holds, in their fixed order."""
+    return {name: dataset_dir / EVAL_DIR / f"{name}.jsonl" for name in BUILTIN_SETS
+            if (dataset_dir / EVAL_DIR / f"{name}.jsonl").exists()}
+
+
+def load_eval_sets(dataset_dir: Path, user_sets: Sequence[UserSet], max_items: int | None,
+                   seed: int) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, dict[str, float]]]]:
+    """The sets one evaluation scores (built-in, then user-supplied), each sampled to `max_items`,
+    with the baselines of exactly those items (frequency counted in this dataset's training text)."""
+    sets = {name: read_set(path, allow_empty=True) for name, path in eval_set_paths(dataset_dir).items()}
+    sets.update({s.name: load_user_set(s) for s in user_sets})
+    sets = {name: sample(items, max_items, seed) for name, items in sets.items() if items}
+    index = TextIndex(corpus_texts(dataset_dir))
+    return sets, {name: baselines(items, index) for name, items in sets.items()}

@@ -12,10 +12,11 @@ is a new dataset while a moved one is not.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from pathlib import Path
 from typing import Any
+
+from loretune.hashing import file_sha256
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
          "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system"}
@@ -34,7 +35,7 @@ def describe(path: str, relative_to: Path | None = None) -> dict[str, Any]:
     if local.exists():
         if local.suffix not in READERS:
             raise MixError(f"dataset.mix {path!r}: expected a .json, .jsonl or .parquet file")
-        return {"kind": "file", "path": str(local.resolve()), "sha256": hashlib.sha256(local.read_bytes()).hexdigest()}
+        return {"kind": "file", "path": str(local.resolve()), "sha256": file_sha256(local)}
     if "/" in path and not path.startswith((".", "/", "~")) and not local.suffix:  # owner/name
         return {"kind": "hub", "path": path}
     raise MixError(f"dataset.mix {path!r}: no such file")

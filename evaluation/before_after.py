@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from peft import PeftModel
 
-from loretune.training.sft import load_for_checkpoints
+from loretune.model.chat_format import question_messages
+from loretune.model.checkpoints import load_for_checkpoints
+from loretune.model.generate import Decoding, generate
 
 
 @dataclass(frozen=True)
@@ -28,24 +29,21 @@ class Answer:
 def greedy_answers(base_model: str, checkpoint: Path, questions: list[str], system: str,
                    max_new_tokens: int = 48, attn_implementation: str = "sdpa") -> list[Answer]:
     loaded = load_for_checkpoints(base_model, checkpoint.parent, attn_implementation)
-    tokenizer, fmt, device = loaded.tokenizer, loaded.fmt, loaded.device
+    tokenizer, fmt = loaded.tokenizer, loaded.fmt
     model = PeftModel.from_pretrained(loaded.model, str(checkpoint)).eval()
+    decoding = Decoding(max_new_tokens=max_new_tokens)  # greedy
     answers = []
     for question in questions:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
-        ids = torch.tensor([fmt.ids(tokenizer, messages, add_generation_prompt=True)], device=device)
+        ids = fmt.ids(tokenizer, question_messages(system, question), add_generation_prompt=True)
         with model.disable_adapter():
-            base = _generate(model, tokenizer, ids, max_new_tokens)
-        answers.append(Answer(question, base, _generate(model, tokenizer, ids, max_new_tokens)))
+            base = _answer(model, tokenizer, ids, decoding)
+        answers.append(Answer(question, base, _answer(model, tokenizer, ids, decoding)))
     return answers
 
 
-@torch.no_grad()
-def _generate(model: Any, tokenizer: Any, ids: torch.Tensor, max_new_tokens: int) -> str:
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                         do_sample=False, temperature=None, top_p=None, top_k=None,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+def _answer(model: Any, tokenizer: Any, ids: list[int], decoding: Decoding) -> str:
+    new = generate(model, decoding, input_ids=ids, eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id)
+    return tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
 def markdown(domain: str, checkpoint: str, answers: list[Answer], promoted: bool) -> str:

@@ -22,20 +22,19 @@ what training started from).
 
 from __future__ import annotations
 
-import json
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 from peft import PeftModel
 
-from loretune.multimodal.fusion import fuse
-from loretune.training.chat import IGNORE, ChatFormat
-from loretune.training.sft import Checkpoint, FusionCollator, load_for_checkpoints
-from loretune.training.stats import mcnemar_p, mean_stderr, paired_difference
+from loretune.model.chat_format import IGNORE, ChatFormat, question_messages
+from loretune.model.checkpoints import Checkpoint, eval_losses, load_for_checkpoints
+from loretune.model.collator import FusionCollator
+from loretune.model.scoring import loglikelihoods
+from loretune.stats import mcnemar_p, mean_stderr, paired_difference
 
 TABLE_COLUMNS = ["step", "checkpoint", "set", "n", "dropped", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr",
                  "delta_acc", "delta_acc_ci_low", "delta_acc_ci_high", "delta_acc_norm", "delta_acc_norm_ci_low",
@@ -48,7 +47,7 @@ TABLE_COLUMNS = ["step", "checkpoint", "set", "n", "dropped", "acc", "acc_stderr
 def chat_context(tokenizer: Any, system: str, question: str, fmt: ChatFormat | None = None,
                  image_tokens: int = 0) -> str:
     fmt = fmt or ChatFormat()
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    messages = question_messages(system, question)
     if image_tokens:
         messages = fmt.with_image(messages, image_tokens)
     return fmt.render(tokenizer, messages, add_generation_prompt=True)
@@ -101,30 +100,6 @@ def build_requests(items: Sequence[dict[str, Any]], tokenizer: Any, system: str,
                                   "image_sha256": item.get("image_sha256") or "",
                                   "item": len(requests.kept) - 1, "choice": choice})
     return requests
-
-
-@torch.no_grad()
-def loglikelihoods(model: Any, rows: list[dict[str, Any]], collator: FusionCollator, batch_size: int,
-                   device: str) -> np.ndarray:
-    """Summed log-probability of each row's labelled tokens, in the rows' order.
-
-    Longest rows first so batches pad little; only the labelled positions go through log-softmax,
-    so memory is (labelled tokens x vocabulary), not (batch x length x vocabulary).
-    """
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
-    scores = np.zeros(len(rows))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in collator([rows[i] for i in chunk]).items()}
-        fused = fuse(model, batch["input_ids"], batch["attention_mask"], batch["image_features"], batch["labels"])
-        logits = model(inputs_embeds=fused["inputs_embeds"], attention_mask=fused["attention_mask"]).logits
-        labels = fused["labels"][:, 1:]
-        mask = labels != IGNORE
-        picked = torch.log_softmax(logits[:, :-1][mask].float(), dim=-1).gather(-1, labels[mask].unsqueeze(-1))
-        per_row = torch.zeros(len(chunk), device=picked.device).index_add_(
-            0, mask.nonzero()[:, 0], picked.squeeze(-1))
-        scores[chunk] = per_row.cpu().numpy()
-    return scores
 
 
 # --- per set: scores, then the table -----------------------------------------------------------
@@ -208,7 +183,7 @@ def evaluate_checkpoints(
         if r.dropped:
             log(f"evaluate: {name}: {r.dropped} of {len(sets[name])} items do not fit max_length={max_length}; dropped")
     collator = FusionCollator(tokenizer.pad_token_id, features, spec["clip_dim"])
-    losses = _eval_losses(checkpoints[-1].path)
+    losses = eval_losses(checkpoints[-1].path)
     table, per_item, base = [], [], {}
     for step, checkpoint in [(0, None), *[(c.step, c) for c in checkpoints]]:
         if checkpoint is None:
@@ -232,15 +207,6 @@ def evaluate_checkpoints(
 
 def _name(checkpoint: Checkpoint) -> str:
     return f"step-{checkpoint.step}"
-
-
-def _eval_losses(last_checkpoint: Path) -> dict[int, float]:
-    """Validation loss per step, from the trainer's own log (absent if there was no validation split)."""
-    state_file = last_checkpoint / "trainer_state.json"
-    if not state_file.exists():
-        return {}
-    history = json.loads(state_file.read_text()).get("log_history", [])
-    return {h["step"]: h["eval_loss"] for h in history if "eval_loss" in h}
 
 
 def plot(table: list[dict[str, Any]], baselines: dict[str, dict[str, dict[str, float]]], path: Path,

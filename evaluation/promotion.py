@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from loretune.training.stats import Z95
+from loretune.stats import Z95
 
 
 def promote(table: Sequence[dict[str, Any]], baselines: dict[str, dict[str, dict[str, float]]],

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -28,10 +27,11 @@ import torch
 from peft import PeftModel
 from safetensors.torch import save_file
 
+from loretune.export.layout import GGUF_DIR, PROJECTOR_DIR, PROJECTOR_WEIGHTS
+from loretune.hashing import file_sha256
+from loretune.model.chat_format import IMAGE_TOKEN, strip_added_token
+from loretune.model.checkpoints import MULTIMODAL_FILE, load_for_checkpoints
 from loretune.multimodal.fusion import PROJECTOR_NAME
-from loretune.training.chat import IMAGE_TOKEN
-from loretune.training.exports import GGUF_DIR, PROJECTOR_DIR, PROJECTOR_WEIGHTS
-from loretune.training.sft import MULTIMODAL_FILE, load_for_checkpoints
 
 # Everything a model folder needs besides its weights, copied from the model stage's folder.
 FOLDER_FILES = ("generation_config.json", "loretune_chat.json", "loretune_model.json")
@@ -64,7 +64,7 @@ def converter_version() -> dict[str, str]:
         runtime = importlib.metadata.version("llama-cpp-python")
     except importlib.metadata.PackageNotFoundError:
         raise ExportError("llama-cpp-python is not installed: `make demo` or `make test` builds and installs it") from None
-    return {"llama_cpp_python": runtime, "converter_sha256": hashlib.sha256(script.read_bytes()).hexdigest()}
+    return {"llama_cpp_python": runtime, "converter_sha256": file_sha256(script)}
 
 
 # --- adapter and merged folder -----------------------------------------------------------------
@@ -101,36 +101,6 @@ def merge(base_model: Path, checkpoint: Path, out: Path, dtype: str = "bfloat16"
     return {"dtype": dtype, "parameters": sum(p.numel() for p in merged.parameters()),
             "projector_parameters": sum(p.numel() for p in projector.parameters()),
             "bytes": folder_bytes(out)}
-
-
-def strip_added_token(folder: Path, token: str) -> None:
-    """Take loretune's image placeholder out of a saved tokenizer.
-
-    It was added past the model's vocabulary (fusion swaps it out before the embedding lookup), so
-    a tokenizer that keeps it names an id the merged model has no row for, and llama.cpp's converter
-    refuses a vocabulary larger than the model's. Serving text needs no placeholder; the chat UI
-    adds it back when it loads the projector.
-    """
-    def keep(entry: Any) -> bool:
-        return (entry.get("content") if isinstance(entry, dict) else entry) != token
-
-    # Where transformers' tokenizer files list added tokens: lists of strings or {"content": ...}
-    # entries, the id -> entry map of tokenizer_config.json, and added_tokens.json's token -> id.
-    places = {"tokenizer.json": ["added_tokens"], "special_tokens_map.json": ["additional_special_tokens"],
-              "tokenizer_config.json": ["added_tokens_decoder", "additional_special_tokens", "extra_special_tokens"]}
-    for name, keys in places.items():
-        path = folder / name
-        if path.exists():
-            data = json.loads(path.read_text())
-            for key in keys:
-                if isinstance(data.get(key), list):
-                    data[key] = [entry for entry in data[key] if keep(entry)]
-                elif key == "added_tokens_decoder" and isinstance(data.get(key), dict):
-                    data[key] = {k: v for k, v in data[key].items() if keep(v)}
-            path.write_text(json.dumps(data, ensure_ascii=False, indent=2))
-    added = folder / "added_tokens.json"
-    if added.exists():
-        added.write_text(json.dumps({k: v for k, v in json.loads(added.read_text()).items() if k != token}, indent=2))
 
 
 # --- GGUF ---------------------------------------------------------------------------------------
@@ -235,8 +205,8 @@ def export_checkpoint(*, base_model: Path, checkpoint: Path, out: Path, name: st
                       log: Callable[[str], None] = print) -> dict[str, Any]:
     """adapter/, merged/ + projector/, gguf/ and parity.json in `out`; raises `ParityFailed` (after
     writing parity.json) when the formats disagree. Returns what export.json records of the files."""
-    from loretune.training import parity
-    from loretune.training.exports import ADAPTER_DIR, MERGED_DIR, PARITY_FILE
+    from loretune.export import parity
+    from loretune.export.layout import ADAPTER_DIR, MERGED_DIR, PARITY_FILE
 
     timings: dict[str, float] = {}
     started = time.monotonic()

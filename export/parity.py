@@ -31,11 +31,14 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 import torch
 
+from loretune.evaluation.binary_choice import build_requests
+from loretune.export.layout import PROJECTOR_DIR, PROJECTOR_WEIGHTS
+from loretune.model.chat_format import ChatFormat, add_image_token, question_messages
+from loretune.model.checkpoints import MULTIMODAL_FILE, load_for_checkpoints
+from loretune.model.collator import FusionCollator
+from loretune.model.generate import Decoding, generate
+from loretune.model.scoring import labelled_logprob_sums, loglikelihoods
 from loretune.multimodal.fusion import attach_projector, find_projector
-from loretune.training.chat import IGNORE, ChatFormat, add_image_token
-from loretune.training.exports import PROJECTOR_DIR, PROJECTOR_WEIGHTS
-from loretune.training.evaluate import build_requests, loglikelihoods
-from loretune.training.sft import MULTIMODAL_FILE, FusionCollator, load_for_checkpoints
 
 MERGED_NMSE_MAX = 1e-3
 GGUF_F16_NMSE_MAX = 1e-4
@@ -62,15 +65,15 @@ def probes(tokenizer: Any, fmt: ChatFormat, system: str, questions: list[str]) -
     """Each question as the chat UI sends it: system prompt, user turn, generation prompt."""
     found = []
     for i, question in enumerate(questions):
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
-        found.append(Probe(f"q{i}: {question[:60]}", fmt.ids(tokenizer, messages, add_generation_prompt=True)))
+        found.append(Probe(f"q{i}: {question[:60]}",
+                           fmt.ids(tokenizer, question_messages(system, question), add_generation_prompt=True)))
     return found
 
 
 class TransformersRunner:
     """A transformers model (PEFT-wrapped or plain) with its image projector attached, fp32 on the CPU.
 
-    Binary choice is scored by the evaluation stage's own `loglikelihoods`, batched, so the merged
+    Binary choice is scored by the evaluation's own `loglikelihoods` (model/scoring.py), batched, so the merged
     model's accuracy here means what the evaluation table means."""
 
     def __init__(self, name: str, model: Any, pad_id: int, clip_dim: int):
@@ -87,10 +90,8 @@ class TransformersRunner:
 
     @torch.no_grad()
     def greedy(self, ids: Sequence[int], eos_ids: set[int], max_new_tokens: int) -> tuple[list[int], bool]:
-        tensor = torch.tensor([list(ids)])
-        out = self.model.generate(input_ids=tensor, attention_mask=torch.ones_like(tensor), do_sample=False,
-                                  max_new_tokens=max_new_tokens, eos_token_id=sorted(eos_ids), pad_token_id=min(eos_ids),
-                                  temperature=None, top_p=None, top_k=None)[0, len(ids):].tolist()
+        out = generate(self.model, Decoding(max_new_tokens=max_new_tokens), input_ids=ids, eos_ids=sorted(eos_ids),
+                       pad_id=min(eos_ids))
         return stop_at_eos(out, eos_ids)
 
 
@@ -115,13 +116,11 @@ class LlamaCppRunner:
         return np.array(self.llm.scores[:len(ids)], dtype=np.float32)
 
     def loglikelihoods(self, rows: list[dict[str, Any]]) -> np.ndarray:
-        """Summed log-probability of each row's labelled tokens, as `evaluate.loglikelihoods` sums them."""
+        """Summed log-probability of each row's labelled tokens, summed as the evaluation sums them."""
         totals = np.zeros(len(rows))
         for i, row in enumerate(rows):
             logits = torch.from_numpy(self.logits(row["input_ids"])).float()
-            labels = torch.tensor(row["labels"][1:])
-            mask = labels != IGNORE
-            totals[i] = float(torch.log_softmax(logits[:-1][mask], dim=-1).gather(-1, labels[mask].unsqueeze(-1)).sum())
+            totals[i] = float(labelled_logprob_sums(logits[None], torch.tensor([row["labels"]]))[0])
         return totals
 
     def greedy(self, ids: Sequence[int], eos_ids: set[int], max_new_tokens: int) -> tuple[list[int], bool]:

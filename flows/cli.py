@@ -15,8 +15,8 @@ from typing import Any, Iterator, Optional
 import typer
 
 from loretune.config import ConfigError, load_config, parse_overrides, state_dir
-from loretune.training.base_models import ModelSourceError
-from loretune.training.evalsets import EvalSetError
+from loretune.dataset.evalsets import EvalSetError
+from loretune.model.base_models import ModelSourceError
 
 # Before Prefect is imported: keep its database in the project's state folder, not the home
 # directory, and give its temporary local server time to start on a busy 2-core machine.
@@ -93,7 +93,7 @@ def _grid(text: str | None, config: str, overrides: dict[str, Any]) -> dict[str,
     """The grid as YAML, every point checked like an override before any run starts."""
     import yaml
 
-    from loretune.training import sweep as grids
+    from loretune.evaluation import sweep as grids
 
     try:
         grid = yaml.safe_load(text) if text else grids.DEFAULT_GRID
@@ -172,7 +172,12 @@ def report(flow_run: str = typer.Option(..., "--flow-run", help="flow run id")) 
     """The stage versions and per-checkpoint evaluation table of a finetune flow run."""
     from loretune.flows.stages import read_ledger
     from loretune.store import ArtifactRef
-    from loretune.tasks.evaluation import read_baselines, read_before_after, read_promotion, read_table
+    from loretune.tasks.evaluation import (
+        read_baselines,
+        read_before_after,
+        read_promotion,
+        read_table,
+    )
 
     ledger = read_ledger(flow_run)
     stages = {row["stage"]: row for row in ledger}
@@ -212,7 +217,7 @@ def _print_export(exported: dict | None) -> None:
     if not exported["exported"]:
         typer.echo(f"\nexport: {exported['reason']}")
         return
-    from loretune.training.export import describe
+    from loretune.export.convert import describe
 
     typer.echo(f"\nexport: {exported['checkpoint']} as {', '.join(exported['formats'])} in {exported['folder']}")
     if exported.get("gguf_skipped"):

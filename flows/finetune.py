@@ -7,14 +7,26 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.states import Completed
 
-from loretune.flows.stages import preflight, prepare_data, publish_ledger, resolve_config, run_stage
-from loretune.tasks.evaluation import (evaluate_checkpoints, read_baselines, read_before_after, read_promotion,
-                                       read_table)
+from loretune.export.convert import converter_version
+from loretune.flows.stages import (
+    preflight,
+    prepare_data,
+    publish_ledger,
+    resolve_config,
+    run_stage,
+)
+from loretune.model.base_models import TINY
+from loretune.tasks.evaluation import (
+    evaluate_checkpoints,
+    read_baselines,
+    read_before_after,
+    read_promotion,
+    read_table,
+)
 from loretune.tasks.export import export_model, read_export, select
-from loretune.tasks.training import build_base_model, train
+from loretune.tasks.model import build_base_model
+from loretune.tasks.training import train
 from loretune.training.backends import runtime
-from loretune.training.base_models import TINY
-from loretune.training.export import converter_version
 
 
 @flow(name="finetune")

@@ -9,14 +9,15 @@ from typing import Any
 from prefect.artifacts import create_table_artifact
 
 from loretune.config import LoretuneConfig, load_config
+from loretune.dataset import mix
+from loretune.dataset.evalsets import UserSet, user_sets
+from loretune.model.base_models import describe_source
 from loretune.samples.server import sample_overrides
 from loretune.store import ArtifactRef
-from loretune.tasks.images import extract_features, fetch_images
 from loretune.tasks.dataset import build_dataset
+from loretune.tasks.features import extract_features
+from loretune.tasks.images import fetch_images
 from loretune.tasks.ingest import ingest_documents
-from loretune.training import mix
-from loretune.training.base_models import describe_source
-from loretune.training.evalsets import UserSet, user_sets
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,7 +78,11 @@ def publish_ledger(key: str, ledger: dict[str, dict[str, str]], store: str) -> N
 def read_ledger(flow_run_id: str) -> list[dict[str, str]]:
     """The stage table a flow run published, from the Prefect API."""
     from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterType,
+    )
     from prefect.utilities.asyncutils import run_coro_as_sync
 
     async def fetch() -> list[Any]:

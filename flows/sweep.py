@@ -14,10 +14,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
+from loretune.evaluation import sweep as grids
 from loretune.flows.finetune import finetune
 from loretune.flows.stages import resolve_config
 from loretune.tasks.stage import announce_png
-from loretune.training import sweep as grids
 
 
 @flow(name="sweep")

@@ -13,7 +13,14 @@ from typing import Any, Literal, Mapping
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -128,7 +135,7 @@ class FeaturesConfig(Section):
 
 
 class MixSource(Section):
-    """General chat data mixed into training (`training/mix.py`): a local JSON / JSONL / parquet
+    """General chat data mixed into training (`dataset/mix.py`): a local JSON / JSONL / parquet
     file (relative to the config file's folder) or a Hugging Face dataset id, in the ShareGPT or
     the Alpaca shape; `count` rows, or `weight` x the lore's training examples, seeded."""
 
@@ -250,7 +257,7 @@ class EvaluationConfig(Section):
 
 
 class ParityConfig(Section):
-    """The probes an export is checked on before anything reads it (`training/parity.py`): the
+    """The probes an export is checked on before anything reads it (`export/parity.py`): the
     evaluation's probe questions plus the first `questions_per_set` questions of each built-in text
     set, greedy up to `max_new_tokens`; and the first `choice_items` items of each built-in text set
     scored as binary choice in every format."""
@@ -261,7 +268,7 @@ class ParityConfig(Section):
 
 
 class ExportConfig(Section):
-    """What the export stage makes of the chosen checkpoint (`training/export.py`)."""
+    """What the export stage makes of the chosen checkpoint (`export/convert.py`)."""
 
     enabled: bool = True
     # promoted: the checkpoint the evaluation gate promoted (nothing is exported when none is);

@@ -17,6 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from loretune import import_graph
+
 VERSION_LENGTH = 16
 
 
@@ -57,6 +59,29 @@ def code_version(*modules: ModuleType, files: Iterable[str | Path] = ()) -> str:
     for name, content in sorted(_file_digest(Path(f)) for f in files):
         payload += f"\0file {name} sha256 {content}".encode()
     return hashlib.sha256(payload).hexdigest()[:12]
+
+
+def stage_code_version(task_module: str, files: Iterable[str | Path] = (),
+                       find: import_graph.Locate = import_graph.locate) -> str:
+    """The code version of the stage whose Prefect task lives in `task_module`: a hash of the source
+    of every library module that task imports, transitively (`import_graph.stage_modules`), each
+    named by its dotted name, never its path, so a checkout anywhere gets the same version.
+
+    Derived, not listed: a helper a stage starts to use is in its version from that commit on, and
+    an edit to a module the stage never imports leaves its version, and its cached artifacts, alone.
+    """
+    modules = sorted(import_graph.stage_modules(task_module, find))
+    payload = "".join(f"\0module {name}\n{_source(name, find)}" for name in modules).encode()
+    for name, content in sorted(_file_digest(Path(f)) for f in files):
+        payload += f"\0file {name} sha256 {content}".encode()
+    return hashlib.sha256(payload).hexdigest()[:12]
+
+
+def _source(module: str, find: import_graph.Locate) -> str:
+    path = find(module)
+    if path is None:
+        raise ModuleNotFoundError(f"stage code version: no source for {module!r}")
+    return path.read_text()
 
 
 def _file_digest(path: Path) -> tuple[str, str]:

@@ -23,6 +23,8 @@ from typing import Any, Callable
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from loretune.hashing import folder_sha256
+
 MANIFEST = "manifest.json"
 SCRATCH = ".scratch"
 
@@ -169,16 +171,4 @@ class ArtifactStore:
 
 def content_hash(folder: Path) -> str:
     """sha256 over (relative path, file sha256) of every data file, manifest excluded."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p != folder / MANIFEST):
-        h.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        h.update(file_sha256(path).encode() + b"\n")
-    return h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return folder_sha256(folder, exclude={MANIFEST})

@@ -27,7 +27,6 @@ so a new GGUF or a change here makes a new one; it is written whole or not at al
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import importlib.metadata
 import json
@@ -41,7 +40,8 @@ from typing import Any
 import torch
 
 from loretune.config import state_dir
-from loretune.training.chat import ChatFormat, add_image_token, inspect_template
+from loretune.hashing import file_sha256, folder_sha256
+from loretune.model.chat_format import ChatFormat, add_image_token, inspect_template
 
 PROVENANCE_FILE = "loretune_model.json"
 TINY = "tiny"
@@ -65,22 +65,6 @@ PACKAGED = {
 }
 
 
-def sha256_file(path: Path) -> str:
-    """A file's sha256, read once per process while the file is unchanged: the CLI, the flow's
-    preflight and the model stage all ask, and a 7B model folder is gigabytes."""
-    stat = Path(path).stat()
-    return _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=4096)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def packaged_file(name: str) -> tuple[Packaged, str, Path]:
     """The packaged model's spec, its distribution's version, and the file on this machine.
 
@@ -100,14 +84,6 @@ def packaged_file(name: str) -> tuple[Packaged, str, Path]:
     return spec, dist.version, path
 
 
-def folder_hash(folder: Path) -> str:
-    """Content hash of a model folder: relative names and bytes, not where it lies."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0" + sha256_file(path).encode() + b"\0")
-    return digest.hexdigest()
-
-
 def describe_source(base: str, revision: str | None = None) -> dict[str, Any]:
     """What the model stage's version keys on: which model, exactly. Fails early and clearly."""
     if base == TINY:
@@ -115,12 +91,12 @@ def describe_source(base: str, revision: str | None = None) -> dict[str, Any]:
     if base in PACKAGED:
         spec, version, path = packaged_file(base)
         return {"kind": "package", "name": base, "distribution": spec.distribution, "version": version,
-                "file": spec.file, "sha256": sha256_file(path), "licence": spec.licence, "upstream": spec.upstream}
+                "file": spec.file, "sha256": file_sha256(path), "licence": spec.licence, "upstream": spec.upstream}
     folder = Path(base).expanduser()
     if folder.is_dir():
         if not (folder / "config.json").exists():
             raise ModelSourceError(f"model.base {base!r} is a folder without config.json: not a model folder")
-        return {"kind": "folder", "name": folder.name, "sha256": folder_hash(folder)}
+        return {"kind": "folder", "name": folder.name, "sha256": folder_sha256(folder)}
     return {"kind": "hub", "repo": base, "revision": resolve_revision(base, revision)}
 
 
@@ -148,7 +124,7 @@ def materialise(base: str, source: dict[str, Any], out_dir: Path) -> dict[str, A
     if source["kind"] == "package":
         return _from_cache(source, out_dir)
     folder = Path(base).expanduser() if source["kind"] == "folder" else Path(_hub_snapshot(source))
-    if source["kind"] == "folder" and folder_hash(folder) != source["sha256"]:
+    if source["kind"] == "folder" and folder_sha256(folder) != source["sha256"]:
         raise ModelSourceError(f"model.base {base!r} changed while the flow ran; run it again")
     return _save(*_from_folder(folder), source, out_dir)
 

@@ -87,6 +87,12 @@ class ChatFormat:
         return row
 
 
+def question_messages(system: str, question: str) -> list[dict[str, str]]:
+    """One question as every stage asks it: the system prompt (if any), then the user's turn.
+    Evaluation, the before/after, the parity probes and the chat UI all start a conversation so."""
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+
+
 def inspect_template(tokenizer: Any, template_name: str) -> ChatFormat:
     """How loretune must use this tokenizer's chat template; refuses one it cannot use safely."""
     template = tokenizer.chat_template
@@ -127,6 +133,36 @@ def add_image_token(tokenizer: Any) -> int:
     if IMAGE_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+
+def strip_added_token(folder: Path, token: str) -> None:
+    """Take loretune's image placeholder out of a saved tokenizer.
+
+    It was added past the model's vocabulary (fusion swaps it out before the embedding lookup), so
+    a tokenizer that keeps it names an id the merged model has no row for, and llama.cpp's converter
+    refuses a vocabulary larger than the model's. Serving text needs no placeholder; the chat UI
+    adds it back when it loads the projector.
+    """
+    def keep(entry: Any) -> bool:
+        return (entry.get("content") if isinstance(entry, dict) else entry) != token
+
+    # Where transformers' tokenizer files list added tokens: lists of strings or {"content": ...}
+    # entries, the id -> entry map of tokenizer_config.json, and added_tokens.json's token -> id.
+    places = {"tokenizer.json": ["added_tokens"], "special_tokens_map.json": ["additional_special_tokens"],
+              "tokenizer_config.json": ["added_tokens_decoder", "additional_special_tokens", "extra_special_tokens"]}
+    for name, keys in places.items():
+        path = folder / name
+        if path.exists():
+            data = json.loads(path.read_text())
+            for key in keys:
+                if isinstance(data.get(key), list):
+                    data[key] = [entry for entry in data[key] if keep(entry)]
+                elif key == "added_tokens_decoder" and isinstance(data.get(key), dict):
+                    data[key] = {k: v for k, v in data[key].items() if keep(v)}
+            path.write_text(json.dumps(data, ensure_ascii=False, indent=2))
+    added = folder / "added_tokens.json"
+    if added.exists():
+        added.write_text(json.dumps({k: v for k, v in json.loads(added.read_text()).items() if k != token}, indent=2))
 
 
 def encode_chat(tokenizer: Any, messages: list[dict[str, str]], max_length: int,

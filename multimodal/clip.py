@@ -7,7 +7,6 @@ loudly and recorded in the model id: features from random weights can never be m
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from loretune.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -119,11 +120,7 @@ def _weights_id(pretrained: str) -> str:
     """A tag names itself; a file is named by its content, since paths differ between machines."""
     path = Path(pretrained)
     if path.is_file():
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        return f"file-sha256-{digest.hexdigest()[:12]}"
+        return f"file-sha256-{file_sha256(path)[:12]}"
     return pretrained
 
 

@@ -7,14 +7,14 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from loretune.config import DatasetConfig
-from loretune.fingerprint import code_version
+from loretune.dataset import assemble, evalsets
+from loretune.fingerprint import stage_code_version
 from loretune.ingest.documents import read_documents
 from loretune.multimodal.images import read_index
 from loretune.store import ArtifactRef, ArtifactStore
 from loretune.tasks.stage import StageCache, announce, publish_stage
-from loretune.training import builders, card, chat, dataset, dedup, evalsets, mix, stats
 
-DATASET = StageCache(stage="dataset", code=code_version(builders, card, dataset, chat, dedup, evalsets, mix, stats))
+DATASET = StageCache(stage="dataset", code=stage_code_version(__name__))
 
 
 @task(name="dataset", cache_policy=DATASET, persist_result=True)
@@ -25,10 +25,10 @@ def build_dataset(store: str, domain: str, documents: ArtifactRef, images_ref: A
     logger = get_run_logger()
     docs = read_documents(documents.local_path() / "documents.parquet")
     index = read_index(images_ref.local_path() / "images.parquet")
-    pages = dataset.pages_from_documents(docs, {r.url: r.sha256 for r in index if r.sha256})
+    pages = assemble.pages_from_documents(docs, {r.url: r.sha256 for r in index if r.sha256})
 
     def build(out: Path) -> dict:
-        report = dataset.build_dataset(
+        report = assemble.build_dataset(
             pages, out, domain=domain, system_prompt=params.system_prompt, max_answer_chars=params.max_answer_chars,
             val_fraction=params.val_fraction, seed=params.seed, near_duplicate_threshold=params.near_duplicate_threshold,
             control=params.control, mix=mix_sources or [], fraction=params.fraction)

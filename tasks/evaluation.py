@@ -12,18 +12,20 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from loretune.config import EvaluationConfig
-from loretune.fingerprint import code_version
-from loretune.multimodal import fusion
+from loretune.dataset import evalsets
+from loretune.dataset.evalsets import UserSet
+from loretune.dataset.layout import system_prompt
+from loretune.evaluation import before_after, binary_choice, promotion
+from loretune.evaluation.table import TABLE_FILE
+from loretune.fingerprint import stage_code_version
+from loretune.model.checkpoints import list_checkpoints
 from loretune.multimodal.clip import read_features
 from loretune.store import ArtifactRef
+from loretune.tasks.model import base_model_location
 from loretune.tasks.stage import StageCache, announce_png, publish_stage
-from loretune.tasks.training import base_model_location
-from loretune.training import before_after, chat, dataset, evalsets, evaluate, promotion, stats
-from loretune.training.evalsets import UserSet
-from loretune.training.sft import list_checkpoints
 
-EVALUATION = StageCache(stage="evaluation", code=code_version(evaluate, chat, fusion, evalsets, promotion, stats, before_after))
-TABLE = "evaluation.csv"
+EVALUATION = StageCache(stage="evaluation", code=stage_code_version(__name__))
+TABLE = TABLE_FILE
 BASELINES = "baselines.json"
 PER_ITEM = "per_item.jsonl"
 PLOT = "accuracy.png"
@@ -39,17 +41,17 @@ def evaluate_checkpoints(store: str, domain: str, checkpoints: ArtifactRef, data
     logger = get_run_logger()
 
     def build(out: Path) -> dict:
-        sets, baselines = dataset.load_eval_sets(dataset_ref.local_path(), user_sets, params.max_items, params.seed)
-        result = evaluate.evaluate_checkpoints(
+        sets, baselines = evalsets.load_eval_sets(dataset_ref.local_path(), user_sets, params.max_items, params.seed)
+        result = binary_choice.evaluate_checkpoints(
             base_model=base_model_location(base), checkpoints=list_checkpoints(checkpoints.local_path()),
-            sets=sets, system=dataset.system_prompt(dataset_ref.local_path()),
+            sets=sets, system=system_prompt(dataset_ref.local_path()),
             features=read_features(features.local_path() / "features.parquet"),
             batch_size=params.batch_size, max_length=max_length, attn_implementation=attn_implementation,
             log=logger.info)
-        pd.DataFrame(result.table, columns=evaluate.TABLE_COLUMNS).to_csv(out / TABLE, index=False)
+        pd.DataFrame(result.table, columns=binary_choice.TABLE_COLUMNS).to_csv(out / TABLE, index=False)
         (out / BASELINES).write_text(json.dumps(baselines, indent=2, sort_keys=True))
         (out / PER_ITEM).write_text("".join(json.dumps(r) + "\n" for r in result.per_item))
-        evaluate.plot(result.table, baselines, out / PLOT, title=f"{domain}: accuracy per checkpoint, per set")
+        binary_choice.plot(result.table, baselines, out / PLOT, title=f"{domain}: accuracy per checkpoint, per set")
         decision = promotion.promote(result.table, baselines, params.promote.set, params.promote.metric)
         (logger.info if decision["promoted"] else logger.warning)("evaluate: %s", decision["reason"])
         compare(out, decision, sets)
@@ -63,7 +65,7 @@ def evaluate_checkpoints(store: str, domain: str, checkpoints: ArtifactRef, data
         chosen = next((c for c in found if c.path.name == decision["promoted"]), found[-1])
         questions = params.probe_questions or [item["question"] for item in sets.get("facts", [])[:3]]
         answers = before_after.greedy_answers(base_model_location(base), chosen.path, questions,
-                                              dataset.system_prompt(dataset_ref.local_path()),
+                                              system_prompt(dataset_ref.local_path()),
                                               params.probe_max_new_tokens, attn_implementation)
         for answer in answers:
             logger.info("before/after: %s\n  base:       %s\n  %s: %s", answer.question, answer.base,

@@ -10,14 +10,17 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from loretune.config import ExportConfig
-from loretune.fingerprint import code_version
+from loretune.dataset.evalsets import load_eval_sets
+from loretune.dataset.layout import system_prompt
+from loretune.evaluation.table import table_score
+from loretune.export import convert, layout
+from loretune.fingerprint import stage_code_version
+from loretune.model.base_models import TINY
+from loretune.model.checkpoints import list_checkpoints
 from loretune.store import ArtifactRef
 from loretune.tasks.stage import StageCache, announce, publish_stage
-from loretune.training import dataset, export, exports, parity
-from loretune.training.base_models import TINY
-from loretune.training.sft import list_checkpoints
 
-EXPORT = StageCache(stage="export", code=code_version(export, exports, parity))
+EXPORT = StageCache(stage="export", code=stage_code_version(__name__))
 TEXT_SETS = ("facts", "synthetic")  # GGUF files take no image: the pictures set is not a probe
 
 
@@ -41,8 +44,8 @@ def select(evaluation: ArtifactRef, checkpoints: ArtifactRef, wanted: str) -> di
     chosen, why = choose_checkpoint(wanted, decision["promoted"],
                                     [c.path.name for c in list_checkpoints(checkpoints.local_path())])
     return {"checkpoint": chosen, "why": why, "promoted": chosen is not None and chosen == decision["promoted"],
-            "score": exports.table_score(evaluation.local_path(), decision, chosen) if chosen else None,
-            "base_score": exports.table_score(evaluation.local_path(), decision)}
+            "score": table_score(evaluation.local_path(), decision, chosen) if chosen else None,
+            "base_score": table_score(evaluation.local_path(), decision)}
 
 
 @task(name="export", cache_policy=EXPORT, persist_result=True)
@@ -58,30 +61,30 @@ def export_model(store: str, domain: str, checkpoints: ArtifactRef, selection: d
         chosen, why = selection["checkpoint"], selection["why"]
         if chosen is None:  # a version all the same: the next unchanged run is a cache hit
             logger.warning("export: %s", why)
-            (out / exports.NOT_EXPORTED_FILE).write_text(json.dumps({"domain": domain, **selection}, indent=2))
+            (out / layout.NOT_EXPORTED_FILE).write_text(json.dumps({"domain": domain, **selection}, indent=2))
             return {"exported": False, "reason": why}
         logger.info("export: %s", why)
         tiny = base.manifest()["details"].get("base") == TINY
-        sets, _ = dataset.load_eval_sets(dataset_ref.local_path(), [], None, 0)
+        sets, _ = load_eval_sets(dataset_ref.local_path(), [], None, 0)
         questions = list(probe_questions) + [item["question"] for name in TEXT_SETS
                                              for item in sets.get(name, [])[:params.parity.questions_per_set]]
         choice_items = [item for name in TEXT_SETS for item in sets.get(name, [])[:params.parity.choice_items]]
         try:
-            made = export.export_checkpoint(
+            made = convert.export_checkpoint(
                 base_model=base.local_path(), checkpoint=checkpoints.local_path() / chosen, out=out,
                 name=f"{domain}-{chosen}", dtype=params.dtype, gguf_types=list(params.gguf), questions=questions,
-                choice_items=choice_items, system=dataset.system_prompt(dataset_ref.local_path()),
+                choice_items=choice_items, system=system_prompt(dataset_ref.local_path()),
                 max_length=max_length, max_new_tokens=params.parity.max_new_tokens,
                 gguf_skip_reason=("the tiny model's tokenizer is trained on the corpus, and llama.cpp's converter "
                                   "knows only published pre-tokenizers; merged and adapter exports only") if tiny else None,
                 log=logger.info)
-        except export.ParityFailed as failed:
+        except convert.ParityFailed as failed:
             publish_parity(domain, failed.report.rows, failed.report.summary, passed=False)
             raise
         info = {"domain": domain, **selection, "base": f"model/{base.version}",
                 "checkpoints": f"checkpoints/{checkpoints.version}", "converter": tools,
                 "gguf": made["gguf"], "gguf_skipped": made["gguf_skipped"], "merged": made["merged"]}
-        (out / exports.EXPORT_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
+        (out / layout.EXPORT_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
         return {"exported": True, "checkpoint": chosen, "formats": ["adapter", "merged", *made["gguf"]],
                 "merged_bytes": made["merged"]["bytes"], "adapter_bytes": made["adapter_bytes"],
                 **{f"gguf_{kind}_bytes": entry["bytes"] for kind, entry in made["gguf"].items()},
@@ -109,7 +112,7 @@ def publish_report(domain: str, ref: ArtifactRef) -> None:
         create_markdown_artifact(key=f"{domain}-export", markdown=f"### {domain}: export\n\n{details['reason']}",
                                  description="nothing exported")
         return
-    report = json.loads((ref.local_path() / exports.PARITY_FILE).read_text())
+    report = json.loads((ref.local_path() / layout.PARITY_FILE).read_text())
     publish_parity(domain, report["rows"], report["summary"], passed=True)
     counts = manifest["counts"]
     lines = [f"| adapter (+ projector) | `adapter/` | {counts['adapter_bytes'] / 2**20:.1f} MiB | |",

@@ -1,4 +1,4 @@
-"""The images and features stages: fetch and validate every image, then embed it with CLIP.
+"""The images stage: fetch and validate every image (CLIP features are the next stage, tasks/features.py).
 
 Images and the outside world. Which images an artifact holds depends on the documents and the
 image limits, but also on the HTTP settings that decide *what* may be fetched (the response size
@@ -22,11 +22,11 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from loretune.config import FeaturesConfig, HttpConfig, ImagesConfig
-from loretune.fingerprint import code_version
+from loretune.config import HttpConfig, ImagesConfig
+from loretune.fingerprint import stage_code_version
 from loretune.ingest import http
 from loretune.ingest.documents import read_documents
-from loretune.multimodal import clip, images
+from loretune.multimodal import images
 from loretune.store import ArtifactRef
 from loretune.tasks.stage import NothingNew, StageCache, publish_stage
 
@@ -34,15 +34,8 @@ from loretune.tasks.stage import NothingNew, StageCache, publish_stage
 IMAGES_HTTP_FIELDS = ("max_response_bytes", "allowed_hosts", "respect_robots", "max_redirects")
 
 
-def features_code() -> str:
-    """The features stage's code: the CLIP module and the architecture files it registers with
-    open_clip, since editing `loretune-tiny-vit.json` changes the model as much as editing code."""
-    return code_version(clip, files=clip.project_config_files())
-
-
-IMAGES = StageCache(stage="images", code=code_version(images, http), http_fields=IMAGES_HTTP_FIELDS,
+IMAGES = StageCache(stage="images", code=stage_code_version(__name__), http_fields=IMAGES_HTTP_FIELDS,
                     incomplete_while="transient_failures")
-FEATURES = StageCache(stage="features", code=features_code())
 
 
 @task(name="images", cache_policy=IMAGES, persist_result=True)
@@ -80,20 +73,3 @@ def fetch_images(store: str, domain: str, documents: ArtifactRef, params: Images
         return {**summary(records, session), "settled": settled}
 
     return publish_stage(IMAGES, build, retry=retry)
-
-
-@task(name="features", cache_policy=FEATURES, persist_result=True)
-def extract_features(store: str, domain: str, images_ref: ArtifactRef, params: FeaturesConfig) -> ArtifactRef:
-    logger = get_run_logger()
-    folder = images_ref.local_path()
-    unique = {r.sha256: folder / r.file for r in images.read_index(folder / "images.parquet") if r.sha256}
-
-    def build(out: Path) -> dict:
-        encoder = clip.load_clip(params.clip_model, params.pretrained, seed=params.seed, log=logger.info)
-        shas = sorted(unique)
-        vectors = clip.embed_images(encoder, [unique[s] for s in shas], batch_size=params.batch_size, log=logger.info)
-        clip.write_features(shas, encoder.model_id, vectors, out / "features.parquet")
-        return {"images": len(shas), "embed_dim": encoder.embed_dim, "model_id": encoder.model_id,
-                "random_weights": encoder.random_weights}
-
-    return publish_stage(FEATURES, build)

@@ -23,13 +23,13 @@ from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
 
 from loretune.config import HttpConfig, SourcesConfig, state_dir
-from loretune.fingerprint import canonical, code_version, digest
-from loretune.ingest import documents, fandom, http, reddit, sources, sportskeeda, wikitext, youtube
+from loretune.fingerprint import canonical, digest, stage_code_version
+from loretune.ingest import documents, sources
 from loretune.store import ArtifactRef, ArtifactStore
 from loretune.tasks.stage import announce, run_provenance
 
 STAGE = "documents"
-CODE = code_version(documents, fandom, http, reddit, sources, sportskeeda, wikitext, youtube)
+CODE = stage_code_version(__name__)
 
 
 @task(name="ingest", cache_policy=NO_CACHE)

@@ -1,4 +1,4 @@
-"""The base-model and checkpoints stages.
+"""The checkpoints stage: LoRA fine-tuning of the model stage's base on the dataset.
 
 Training runs in a scratch folder kept under the state directory, keyed by the stage version, so
 a crashed or cancelled run resumes from its last checkpoint next time instead of starting over;
@@ -7,7 +7,6 @@ only a finished run is published to the store.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -15,57 +14,22 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from loretune.config import ModelConfig, TrainingConfig, state_dir
-from loretune.fingerprint import code_version
-from loretune.multimodal import fusion
+from loretune.config import TrainingConfig, state_dir
+from loretune.fingerprint import stage_code_version
 from loretune.multimodal.clip import read_features
 from loretune.store import ArtifactRef
+from loretune.tasks.model import base_model_location
 from loretune.tasks.stage import StageCache, announce_png, publish_stage, stage_inputs
-from loretune.training import backends, base_models, chat, dataset, sft, tiny_model, worker
 from loretune.training import scratch as scratch_dirs
+from loretune.training import sft, worker
+from loretune.training.recipe import Recipe
 
-BASE_MODEL = StageCache(stage="model", code=code_version(tiny_model, base_models, chat))
-# unsloth_lora.py by file: importing it imports unsloth, which only the training worker may do.
-UNSLOTH_LORA = Path(backends.__file__).with_name("unsloth_lora.py")
-CHECKPOINTS = StageCache(stage="checkpoints", code=code_version(sft, chat, backends, fusion, worker,
-                                                                files=[UNSLOTH_LORA]))
+# The unsloth helper (training/unsloth_lora.py) is in this version too: sft imports it lazily, and
+# the import graph reads imports from the source, so nothing here has to import unsloth.
+CHECKPOINTS = StageCache(stage="checkpoints", code=stage_code_version(__name__))
 # Flow runs that train take turns on a GPU: the stack gives this tag a concurrency limit of 1.
 GPU_TAG = "gpu"
 LOSS_PLOT = "loss.png"
-
-
-def base_model_location(base: ArtifactRef) -> str:
-    """The model stage's folder: every base model is materialised there, tiny or not."""
-    return str(base.local_path())
-
-
-@task(name="model", cache_policy=BASE_MODEL, persist_result=True)
-def build_base_model(store: str, domain: str, dataset_ref: ArtifactRef | None, params: ModelConfig,
-                     source: dict) -> ArtifactRef:
-    """`source` (from `base_models.describe_source`) pins the exact model; `dataset_ref` is set only
-    for the tiny model, whose tokenizer is trained on the corpus, so a new dataset does not rebuild
-    a pretrained base."""
-    logger = get_run_logger()
-
-    def build(out: Path) -> dict:
-        if source["kind"] == base_models.TINY:
-            texts = dataset.corpus_texts(dataset_ref.local_path())
-            sizes = tiny_model.build_and_save(texts, out, **params.tiny.model_dump())
-            logger.info("built the tiny model: %s parameters, vocabulary %s", f"{sizes['parameters']:,}", sizes["vocab_size"])
-            counts = {**sizes, "base": "tiny"}
-        else:
-            logger.info("model: materialising %s (%s) as safetensors", params.base, source["kind"])
-            provenance = base_models.materialise(params.base, source, out)
-            logger.info("model: %s parameters, hidden size %s, licence %s", f"{provenance['parameters']:,}",
-                        provenance["hidden_size"], provenance.get("licence", "see the source"))
-            counts = {"parameters": provenance["parameters"], "hidden_size": provenance["hidden_size"],
-                      "base": params.base, "source": provenance}
-        fmt = base_models.prepare_chat(out, params.chat_template, params.base)
-        logger.info("model: chat format: system role %s%s", "native" if fmt.system_role else "folded into the user turn",
-                    f", template variables fixed {fmt.template_kwargs}" if fmt.template_kwargs else "")
-        return {**counts, "chat_format": dataclasses.asdict(fmt)}
-
-    return publish_stage(BASE_MODEL, build)
 
 
 def clip_spec(features: ArtifactRef) -> dict:
@@ -98,7 +62,7 @@ def train(store: str, domain: str, dataset_ref: ArtifactRef, features: ArtifactR
         checkpoints = worker.train_checkpoints(
             backend=runtime["backend"], dataset_dir=dataset_ref.local_path(), features=vectors,
             clip_dim=features.manifest()["counts"]["embed_dim"], base_model=base_model_location(base),
-            output_dir=scratch, cfg=params, image_tokens=image_tokens, log=logger.info, progress=progress,
+            output_dir=scratch, cfg=Recipe.from_dict(params.model_dump()), image_tokens=image_tokens, log=logger.info, progress=progress,
             clip=clip_spec(features), load_in_4bit=load_in_4bit)
         published = sft.publish_checkpoints(scratch, out)
         sft.plot_losses(published[-1].path / "trainer_state.json", out / LOSS_PLOT, title=f"{domain}: loss per step")

@@ -43,7 +43,7 @@ def workdir() -> Path:
 @functools.cache
 def smollm2_folder() -> Path:
     """The model stage's SmolLM2 folder (dequantised, chat format recorded, image token added)."""
-    from loretune.training import base_models
+    from loretune.model import base_models
 
     out = workdir() / "smollm2"
     out.mkdir()
@@ -56,8 +56,7 @@ def smollm2_folder() -> Path:
 @functools.cache
 def merged_folder() -> Path:
     """SmolLM2 as an export's merged/ folder: the same weights (linked), the image token stripped."""
-    from loretune.training.chat import IMAGE_TOKEN
-    from loretune.training.export import strip_added_token
+    from loretune.model.chat_format import IMAGE_TOKEN, strip_added_token
 
     out = workdir() / "merged"
     link_tree(smollm2_folder(), out, copy=lambda p: p.suffix in {".json", ".jinja", ".txt"})
@@ -68,7 +67,7 @@ def merged_folder() -> Path:
 @functools.cache
 def gguf_file() -> Path:
     """The merged folder through llama.cpp's own converter, f16 (as the export stage writes it)."""
-    from loretune.training.export import convert_to_gguf
+    from loretune.export.convert import convert_to_gguf
 
     out = workdir() / "smollm2-f16.gguf"
     convert_to_gguf(merged_folder(), out, "f16", log=lambda message: None)
@@ -123,7 +122,7 @@ def publish_base(store: Path, folder: Path, version: str = "smollm2") -> None:
 def publish_export(store: Path, version: str, *, merged: Path | None = None, projector: Path | None = None,
                    gguf: dict[str, Path | bytes | None] | None = None, checkpoint: str = "checkpoint-30",
                    score: float = 0.5) -> None:
-    """export/<version>/ as `training/exports.py` documents it. A gguf value of bytes writes a
+    """export/<version>/ as `export/layout.py` documents it. A gguf value of bytes writes a
     (corrupt) file with them; None lists a file that is not there."""
 
     def build(out: Path) -> None:

@@ -18,10 +18,12 @@ from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file
 
 from loretune.config import ModelConfig, TrainingConfig
-from loretune.training import backends, base_models, sft, worker
-from loretune.training import dataset as ds
-from loretune.training.chat import IMAGE_TOKEN
-from loretune.training.tiny_model import build_and_save
+from loretune.dataset import assemble as ds
+from loretune.model import base_models
+from loretune.model.chat_format import IMAGE_TOKEN
+from loretune.model.tiny_model import build_and_save
+from loretune.training import backends, sft, worker
+from loretune.training.recipe import Recipe
 
 FAKE_UNSLOTH = Path(__file__).parent / "fake_unsloth"
 SYSTEM = "You are an expert."
@@ -47,9 +49,9 @@ def lore(tmp_path_factory):
             "image_tokens": 2}
 
 
-def config(**changes) -> TrainingConfig:
-    return TrainingConfig(**{"max_steps": 8, "save_steps": 4, "batch_size": 8, "learning_rate": 5e-3,
-                             "warmup_ratio": 0.0, "max_length": 64, **changes})
+def config(**changes) -> Recipe:
+    return Recipe.from_dict(TrainingConfig(**{"max_steps": 8, "save_steps": 4, "batch_size": 8, "learning_rate": 5e-3,
+                                            "warmup_ratio": 0.0, "max_length": 64, **changes}).model_dump())
 
 
 def adapter(checkpoint: Path) -> dict[str, torch.Tensor]:

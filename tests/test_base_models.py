@@ -8,8 +8,9 @@ import shutil
 import pytest
 import torch
 
-from loretune.training import base_models as bm
-from loretune.training.tiny_model import build_and_save
+from loretune.hashing import file_sha256
+from loretune.model import base_models as bm
+from loretune.model.tiny_model import build_and_save
 
 TINY = dict(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
             max_position_embeddings=64, seed=0)
@@ -90,7 +91,7 @@ def test_the_packaged_smollm2_becomes_a_portable_safetensors_folder_that_answers
 
     source = bm.describe_source("smollm2-135m-instruct")
     _, version, gguf = bm.packaged_file("smollm2-135m-instruct")
-    assert source["sha256"] == bm.sha256_file(gguf) and source["version"] == version
+    assert source["sha256"] == file_sha256(gguf) and source["version"] == version
     out = tmp_path / "store" / "model"
     out.mkdir(parents=True)
     provenance = bm.materialise("smollm2-135m-instruct", source, out)

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from loretune.config import load_config
+from loretune.dataset import assemble as ds
+from loretune.dataset import builders as b
 from loretune.ingest import sources
 from loretune.samples.server import sample_overrides
-from loretune.training import builders as b
-from loretune.training import dataset as ds
 
 NARUTO = Path(__file__).resolve().parents[1] / "deployments" / "naruto.yaml"
 

@@ -8,10 +8,16 @@ import datetime
 
 import pytest
 
-from loretune.training import base_models
-from loretune.training.chat import (FIXED_DATE, IMAGE_TOKEN, ChatFormat, ChatTemplateError, encode_chat,
-                                    inspect_template)
-from loretune.training.tiny_model import build_and_save, train_tokenizer
+from loretune.model import base_models
+from loretune.model.chat_format import (
+    FIXED_DATE,
+    IMAGE_TOKEN,
+    ChatFormat,
+    ChatTemplateError,
+    encode_chat,
+    inspect_template,
+)
+from loretune.model.tiny_model import build_and_save, train_tokenizer
 
 TURNS = ("{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
          "{% if add_generation_prompt %}<start_of_turn>assistant\n{% endif %}")

@@ -7,13 +7,28 @@ import json
 from pathlib import Path
 
 import pytest
+from chat_fixtures import (
+    IMAGE_TOKENS,
+    SYSTEM,
+    gguf_file,
+    merged_folder,
+    projector_folder,
+    publish_base,
+    publish_export,
+    smollm2_folder,
+)
 
-from chat_fixtures import (IMAGE_TOKENS, SYSTEM, gguf_file, merged_folder, projector_folder, publish_base,
-                           publish_export, smollm2_folder)
-from loretune.chat.backends import (ChatError, ImagesNotSupported, LlamaCppChat, ModelUnavailable, Settings,
-                                    TransformersChat, reply)
+from loretune.chat.backends import (
+    ChatError,
+    ImagesNotSupported,
+    LlamaCppChat,
+    ModelUnavailable,
+    TransformersChat,
+    reply,
+)
+from loretune.chat.catalogue import ServableModel
 from loretune.chat.models import Catalogue, ModelCache, load_backend
-from loretune.training.exports import ServableModel
+from loretune.model.generate import Decoding
 
 PICTURE = Path(__file__).parents[1] / "loretune" / "samples" / "snapshot" / "fandom" / "images" / "Naruto Uzumaki.png"
 # SmolLM2 answers this one in a short sentence and ends its turn (17 tokens): EOS is reached.
@@ -42,7 +57,7 @@ def test_both_backends_answer_alike_stream_and_stop_at_the_end_of_turn(transform
     # The same prompt tokens: llama.cpp renders the GGUF's embedded template as transformers does.
     assert llama_chat.prompt_ids(messages) == transformers_chat.prompt_ids(messages)
 
-    settings = Settings(max_new_tokens=64)
+    settings = Decoding(max_new_tokens=64)
     pieces = {name: list(backend.stream(messages, settings))
               for name, backend in (("transformers", transformers_chat), ("llama.cpp", llama_chat))}
     hf, cpp = transformers_chat.last, llama_chat.last
@@ -62,14 +77,14 @@ def test_both_backends_answer_alike_stream_and_stop_at_the_end_of_turn(transform
 def test_the_token_limit_and_seeded_sampling(transformers_chat, llama_chat):
     messages = conversation("Who is Naruto Uzumaki?")
     for backend in (transformers_chat, llama_chat):
-        reply(backend, messages, Settings(max_new_tokens=8))
+        reply(backend, messages, Decoding(max_new_tokens=8))
         assert backend.last.finish_reason == "length" and len(backend.last.tokens) == 8
 
-    sampled = Settings(temperature=0.9, top_p=0.95, max_new_tokens=24, seed=7)
+    sampled = Decoding(temperature=0.9, top_p=0.95, max_new_tokens=24, seed=7)
     first = reply(llama_chat, messages, sampled)
     assert reply(llama_chat, messages, sampled) == first, "the same seed must sample the same reply"
-    greedy = reply(llama_chat, messages, Settings(max_new_tokens=24))
-    others = {reply(llama_chat, messages, Settings(temperature=0.9, top_p=0.95, max_new_tokens=24, seed=s))
+    greedy = reply(llama_chat, messages, Decoding(max_new_tokens=24))
+    others = {reply(llama_chat, messages, Decoding(temperature=0.9, top_p=0.95, max_new_tokens=24, seed=s))
               for s in (1, 2, 3)}
     assert others | {first} != {greedy}, "sampling at temperature 0.9 never left the greedy path"
 
@@ -92,21 +107,21 @@ def test_a_picture_goes_through_clip_and_the_projector_into_the_prompt(transform
         return out
 
     monkeypatch.setattr(fusion, "fuse", spy)
-    answer = reply(transformers_chat, conversation("What is in this picture?"), Settings(max_new_tokens=6),
+    answer = reply(transformers_chat, conversation("What is in this picture?"), Decoding(max_new_tokens=6),
                    image=PICTURE)
     assert seen == {"placeholders": IMAGE_TOKENS, "features": (1, 64), "changed_positions": IMAGE_TOKENS}
     assert transformers_chat.last.tokens and isinstance(answer, str)
     assert transformers_chat.images.spec.clip.model_id == "loretune-tiny-vit:random-seed0"
 
     with pytest.raises(ChatError, match="cannot read the picture"):
-        reply(transformers_chat, conversation("And this?"), Settings(max_new_tokens=4), image=__file__)
+        reply(transformers_chat, conversation("And this?"), Decoding(max_new_tokens=4), image=__file__)
     assert torch.is_tensor(transformers_chat.images.features(PICTURE))
 
 
 @pytest.mark.slow
 def test_a_picture_for_a_gguf_is_refused_with_a_message_that_says_what_to_do(llama_chat):
     with pytest.raises(ImagesNotSupported) as refused:
-        list(llama_chat.stream(conversation("What is this?"), Settings(), image=PICTURE))
+        list(llama_chat.stream(conversation("What is this?"), Decoding(), image=PICTURE))
     message = str(refused.value)
     assert "reads text only" in message and "picture was not sent" in message and "merged" in message
 

@@ -11,9 +11,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-
-from chat_fixtures import (LORE_QUESTIONS, SYSTEM, gguf_file, merged_folder, projector_folder, publish_base,
-                           publish_export, smollm2_folder, speak, word_error_rate)
+from chat_fixtures import (
+    LORE_QUESTIONS,
+    SYSTEM,
+    gguf_file,
+    merged_folder,
+    projector_folder,
+    publish_base,
+    publish_export,
+    smollm2_folder,
+    speak,
+    word_error_rate,
+)
 from conftest import free_port
 
 pytestmark = [
@@ -226,8 +235,9 @@ def test_a_picture_is_refused_by_a_gguf_and_read_by_a_merged_model(browser, shot
 def test_the_api_answers_as_the_backend_does(server, store):
     from gradio_client import Client
 
-    from loretune.chat.backends import LlamaCppChat, Settings, reply
+    from loretune.chat.backends import LlamaCppChat, reply
     from loretune.chat.models import Catalogue
+    from loretune.model.generate import Decoding
 
     client = Client(server.url, verbose=False)
     labels = client.predict(api_name="/models")
@@ -237,7 +247,7 @@ def test_the_api_answers_as_the_backend_does(server, store):
     direct = LlamaCppChat(gguf_file(), format_dir=merged_folder())
     try:
         expected = reply(direct, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
-                         Settings(max_new_tokens=48))
+                         Decoding(max_new_tokens=48))
     finally:
         direct.close()
     assert answer == expected and len(answer) > 20

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from loretune.config import LoraConfig, TrainingConfig
-from loretune.training import dataset as ds
-from loretune.training import evalsets
-from loretune.training.evaluate import evaluate_checkpoints
+from loretune.dataset import assemble as ds
+from loretune.dataset import evalsets, layout
+from loretune.evaluation.binary_choice import evaluate_checkpoints
+from loretune.model.tiny_model import build_and_save
+from loretune.stats import Z95
+from loretune.training.recipe import Recipe
 from loretune.training.sft import train
-from loretune.training.stats import Z95
-from loretune.training.tiny_model import build_and_save
 
 SYSTEM = "You are an expert."
 FIRST = ["Ayo", "Bex", "Cal", "Dov", "Eli", "Fen", "Gus", "Hal", "Ivo", "Jax", "Kip", "Lev", "Mox", "Ned", "Oto",
@@ -45,11 +46,11 @@ def facts_accuracy(tmp_path, control: str) -> dict:
     data.mkdir()
     ds.build_dataset(lore(), data, domain="test", system_prompt=SYSTEM, max_answer_chars=200, val_fraction=0.0,
                      seed=0, near_duplicate_threshold=0.8, control=control)
-    build_and_save(ds.corpus_texts(data) * 3, tmp_path / f"base-{control}",
+    build_and_save(layout.corpus_texts(data) * 3, tmp_path / f"base-{control}",
                    vocab_size=400, **TINY)
     # The default recipe for a random-weight model: embeddings and output layer train with LoRA.
-    cfg = TrainingConfig(max_steps=240, save_steps=240, batch_size=8, learning_rate=5e-3, warmup_ratio=0.0,
-                         max_length=64, lora=LoraConfig(modules_to_save=["embed_tokens", "lm_head"]))
+    cfg = Recipe.from_dict(TrainingConfig(max_steps=240, save_steps=240, batch_size=8, learning_rate=5e-3, warmup_ratio=0.0,
+                         max_length=64, lora=LoraConfig(modules_to_save=["embed_tokens", "lm_head"])).model_dump())
     checkpoints = train(dataset_dir=data, features={}, clip_dim=8, base_model=str(tmp_path / f"base-{control}"),
                         output_dir=tmp_path / f"ckpt-{control}", cfg=cfg, image_tokens=2, log=lambda m: None)
     facts = evalsets.read_set(data / "eval" / "facts.jsonl")

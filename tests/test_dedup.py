@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from loretune.training import dataset as ds
-from loretune.training import dedup
+from loretune.dataset import assemble as ds
+from loretune.dataset import dedup
 
 SYSTEM = {"role": "system", "content": "Lore."}
 

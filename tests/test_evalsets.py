@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from loretune.training import dataset as ds
-from loretune.training import evalsets
-from loretune.training.dataset import LorePage
-from loretune.training.evalsets import EvalSetError, TextIndex
+from loretune.dataset import assemble as ds
+from loretune.dataset import evalsets, layout
+from loretune.dataset.assemble import LorePage
+from loretune.dataset.evalsets import EvalSetError, TextIndex
 
 FIRST = ["Ayo", "Bex", "Cal", "Dov", "Eli", "Fen", "Gus", "Hal", "Ivo", "Jax", "Kip", "Lev", "Mox", "Ned", "Oto",
          "Pim", "Quin", "Rex", "Sol", "Tam", "Uri", "Vik", "Wes", "Yul"]
@@ -163,7 +163,7 @@ def test_lore_without_images_has_no_pictures_set_and_still_evaluates(tmp_path):
                         kind="character") for i, p in enumerate(pages())]
     ds.build_dataset(lore, tmp_path, domain="test", system_prompt="S", max_answer_chars=200, val_fraction=0.1,
                      seed=0, near_duplicate_threshold=0.8)
-    sets, baselines = ds.load_eval_sets(tmp_path, [], max_items=10, seed=0)
+    sets, baselines = evalsets.load_eval_sets(tmp_path, [], max_items=10, seed=0)
     assert list(sets) == ["facts", "synthetic"] and set(baselines) == {"facts", "synthetic"}
     assert all(len(items) == 10 for items in sets.values())
 
@@ -177,7 +177,7 @@ def test_every_point_of_a_data_scaling_sweep_answers_the_same_questions_with_the
         out.mkdir()
         report = ds.build_dataset(pages(), out, domain="test", system_prompt="S", max_answer_chars=200,
                                   val_fraction=0.1, seed=0, near_duplicate_threshold=0.8, fraction=fraction)
-        built[fraction] = report.train, {p.name: p.read_text() for p in sorted((out / ds.EVAL_DIR).iterdir())}
+        built[fraction] = report.train, {p.name: p.read_text() for p in sorted((out / layout.EVAL_DIR).iterdir())}
     (few, few_sets), (all_, all_sets) = built[0.25], built[1.0]
     assert few < all_ / 2, "the 0.25 point trains on a quarter of the lore"
     assert few_sets == all_sets and all(text.strip() for text in all_sets.values())

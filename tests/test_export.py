@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from loretune.export import convert, parity
+from loretune.model.chat_format import IMAGE_TOKEN, strip_added_token
 from loretune.tasks.export import choose_checkpoint
-from loretune.training import export, parity
-from loretune.training.chat import IMAGE_TOKEN
 
 VOCAB = 1000
 EOS = 2
@@ -110,14 +110,15 @@ def test_the_checkpoint_to_export_is_the_promoted_one_or_a_named_one():
 
 def test_a_missing_converter_is_one_error_saying_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setenv("LORETUNE_LLAMA_CPP", str(tmp_path))
-    with pytest.raises(export.ExportError, match="converter is not installed here .* `make demo` or `make test`"):
-        export.converter_version()
+    with pytest.raises(convert.ExportError, match="converter is not installed here .* `make demo` or `make test`"):
+        convert.converter_version()
 
 
 def test_the_image_placeholder_leaves_a_saved_tokenizer(tmp_path):
-    from loretune.training.chat import add_image_token
-    from loretune.training.tiny_model import build_and_save
     from transformers import AutoTokenizer
+
+    from loretune.model.chat_format import add_image_token
+    from loretune.model.tiny_model import build_and_save
 
     build_and_save(["Naruto Uzumaki is a ninja of Konohagakure."] * 20, tmp_path, vocab_size=300, hidden_size=32,
                    num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, seed=0)
@@ -126,7 +127,7 @@ def test_the_image_placeholder_leaves_a_saved_tokenizer(tmp_path):
     add_image_token(tokenizer)
     tokenizer.save_pretrained(tmp_path)
     assert IMAGE_TOKEN in AutoTokenizer.from_pretrained(tmp_path).get_vocab()
-    export.strip_added_token(tmp_path, IMAGE_TOKEN)
+    strip_added_token(tmp_path, IMAGE_TOKEN)
     stripped = AutoTokenizer.from_pretrained(tmp_path)
     assert IMAGE_TOKEN not in stripped.get_vocab() and len(stripped) == size
     assert stripped.encode("Naruto") == tokenizer.encode("Naruto")
@@ -142,12 +143,13 @@ def smollm2_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
     import torch
     from peft import get_peft_model
 
-    from loretune.config import TrainingConfig
+    from loretune.model import base_models
+    from loretune.model.chat_format import add_image_token
+    from loretune.model.checkpoints import MULTIMODAL_FILE
+    from loretune.model.loading import load_base
     from loretune.multimodal.fusion import attach_projector, projector_parameters
-    from loretune.training import base_models
-    from loretune.training.backends import load_base
-    from loretune.training.chat import add_image_token
-    from loretune.training.sft import MULTIMODAL_FILE, lora_config
+    from loretune.training.recipe import Recipe
+    from loretune.training.sft import lora_config
 
     root = tmp_path_factory.mktemp("smollm2")
     model = root / "model"
@@ -157,7 +159,7 @@ def smollm2_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
     tokenizer, llm = load_base(str(model), "cpu")
     attach_projector(llm, 64, 2, seed=0, image_token_id=add_image_token(tokenizer))
     torch.manual_seed(1)
-    wrapped = get_peft_model(llm, lora_config(TrainingConfig()))
+    wrapped = get_peft_model(llm, lora_config(Recipe()))
     with torch.no_grad():
         for name, weight in wrapped.named_parameters():
             if "lora_B" in name:
@@ -187,7 +189,7 @@ def test_a_smollm2_checkpoint_exports_to_merged_and_gguf_that_answer_as_the_adap
     model, checkpoint = smollm2_checkpoint
     out = tmp_path / "export"
     out.mkdir()
-    made = export.export_checkpoint(
+    made = convert.export_checkpoint(
         base_model=model, checkpoint=checkpoint, out=out, name="naruto-checkpoint-10", dtype="bfloat16",
         gguf_types=["f16", "q8_0"], questions=["Who is Naruto Uzumaki?", "Which village is Gaara from?"],
         choice_items=ITEMS, system="You answer questions about the lore.", max_length=256, max_new_tokens=24,
@@ -201,7 +203,7 @@ def test_a_smollm2_checkpoint_exports_to_merged_and_gguf_that_answer_as_the_adap
     assert "Q8_0" in made["gguf"]["q8_0"]["tensor_types"]
     # k-quants need widths that are multiples of 256; SmolLM2's 576 makes most tensors fall back,
     # and the file says what it really holds.
-    q4 = export.gguf_contents(export.quantize(out / "gguf" / "naruto-checkpoint-10-f16.gguf", tmp_path / "q4.gguf",
+    q4 = convert.gguf_contents(convert.quantize(out / "gguf" / "naruto-checkpoint-10-f16.gguf", tmp_path / "q4.gguf",
                                               "q4_k_m", log=lambda _: None)["file"])["tensor_types"]
     assert "Q4_K" in q4 and "Q5_0" in q4, q4
     assert all(entry["eos_token_id"] == 2 for entry in made["gguf"].values()), "<|im_end|> ends every file's turns"

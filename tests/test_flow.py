@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from recipes import TINY
 
 from loretune.config import ConfigError
-from recipes import TINY
 from loretune.store import MANIFEST, ArtifactStore, content_hash
 
 FAST = {**TINY, "training.max_steps": 4, "training.save_steps": 2, "evaluation.batch_size": 32, "evaluation.max_items": 200}
@@ -171,8 +171,8 @@ def test_a_user_set_is_scored_beside_the_built_in_ones_and_editing_it_reruns_onl
 
 
 def test_a_broken_user_set_fails_before_any_work_naming_file_and_item(prefect_server, samples, store, tmp_path):
+    from loretune.dataset.evalsets import EvalSetError
     from loretune.flows.finetune import finetune
-    from loretune.training.evalsets import EvalSetError
 
     quiz = tmp_path / "broken.json"
     quiz.write_text('[{"question": "Who?", "choices": ["A", "B"], "answer": 5}]')
@@ -257,7 +257,7 @@ def test_nothing_promoted_exports_nothing_and_says_so(cold, store):
     manifest = ArtifactStore(store).manifest("export", cold["stages"]["export"]["version"])
     assert manifest["details"]["exported"] is False
     assert "promoted no checkpoint" in manifest["details"]["reason"]
-    from loretune.training.exports import list_models
+    from loretune.chat.catalogue import list_models
 
     (base,) = list_models(store)
     assert base.kind == "base", "the chat UI offers the base alone"
@@ -277,7 +277,7 @@ def test_the_last_checkpoint_exports_as_adapter_and_merged_and_says_why_the_tiny
     assert parity["passed"] and parity["summary"]["worst_nmse"]["merged_vs_adapter"] < 1e-3
     info = json.loads((folder / "export.json").read_text())
     assert info["checkpoint"] == "checkpoint-4" and info["promoted"] is False and info["score"]["set"] == "facts"
-    from loretune.training.exports import list_models
+    from loretune.chat.catalogue import list_models
 
     merged = [m for m in list_models(store) if m.kind == "merged"]
     assert merged and "checkpoint-4" in merged[0].label and "facts acc" in merged[0].label and merged[0].accepts_images

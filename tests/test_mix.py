@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from loretune.config import DatasetConfig, MixSource
-from loretune.training import dataset as ds
-from loretune.training import mix
+from loretune.dataset import assemble as ds
+from loretune.dataset import mix
 
 SAMPLES = Path(mix.__file__).resolve().parents[1] / "loretune" / "samples" / "mix"
 SHAREGPT, ALPACA = SAMPLES / "sharegpt_sample.jsonl", SAMPLES / "alpaca_sample.json"

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 from datasets import DatasetDict
 
-from loretune.training import dataset as ds
-from loretune.training import mix
+from loretune.dataset import assemble as ds
+from loretune.dataset import mix
 
 SHAREGPT = Path(mix.__file__).resolve().parents[1] / "loretune" / "samples" / "mix" / "sharegpt_sample.jsonl"
 

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from loretune import stats
+from loretune.evaluation import binary_choice, promotion
+from loretune.model import scoring
+from loretune.model.collator import FusionCollator
+from loretune.model.loading import load_base
+from loretune.model.tiny_model import build_and_save
 from loretune.multimodal.fusion import ImageProjector, attach_projector
-from loretune.training import evaluate, promotion, stats
-from loretune.training.backends import load_base
-from loretune.training.sft import FusionCollator
-from loretune.training.tiny_model import build_and_save
 
 SYSTEM = "You are an expert on the lore."
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
@@ -43,21 +45,21 @@ def base(tmp_path_factory):
     return folder
 
 
-def loretune_scores(base, questions, max_length=128) -> tuple[evaluate.SetScores, evaluate.Requests]:
+def loretune_scores(base, questions, max_length=128) -> tuple[binary_choice.SetScores, binary_choice.Requests]:
     tokenizer, model = load_base(str(base), "cpu")
     attach_projector(model, clip_dim=8, n_tokens=2, seed=0)
-    requests = evaluate.build_requests(questions, tokenizer, SYSTEM, max_length)
+    requests = binary_choice.build_requests(questions, tokenizer, SYSTEM, max_length)
     collator = FusionCollator(tokenizer.pad_token_id, {}, 8)
-    return evaluate.score_sets(model.eval(), {"check": requests}, {"check": questions}, collator, 7, "cpu")["check"], requests
+    return binary_choice.score_sets(model.eval(), {"check": requests}, {"check": questions}, collator, 7, "cpu")["check"], requests
 
 
 def test_context_and_continuation_split_as_lm_eval_does(base):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(base))
-    context = evaluate.chat_context(tokenizer, SYSTEM, "Which clan?")
+    context = binary_choice.chat_context(tokenizer, SYSTEM, "Which clan?")
     assert context.endswith("<|assistant|>\n")
-    context_ids, continuation = evaluate.encode_pair(tokenizer, context, "Uzumaki")
+    context_ids, continuation = binary_choice.encode_pair(tokenizer, context, "Uzumaki")
     # The context's trailing newline moves onto the continuation, as lm-eval's _encode_pair does.
     assert tokenizer.decode(continuation) == "\nUzumaki"
     assert context_ids + continuation == tokenizer.encode(context + "Uzumaki", add_special_tokens=False)
@@ -131,7 +133,7 @@ def test_scoring_gathers_only_labelled_positions():
     try:
         rows = [{"input_ids": list(range(1, 30)), "labels": [-100] * 27 + [5, 6], "image_sha256": ""},
                 {"input_ids": list(range(1, 10)), "labels": [-100] * 8 + [7], "image_sha256": ""}]
-        lls = evaluate.loglikelihoods(Logits(), rows, FusionCollator(0, {}, 8), batch_size=2, device="cpu")
+        lls = scoring.loglikelihoods(Logits(), rows, FusionCollator(0, {}, 8), batch_size=2, device="cpu")
     finally:
         torch.log_softmax = real
     assert seen == [(2, 29, 50)] and shapes == [(3, 50)]

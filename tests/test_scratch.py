@@ -6,8 +6,9 @@ import json
 import subprocess
 import sys
 
+from loretune.model.checkpoints import list_checkpoints
 from loretune.training import scratch
-from loretune.training.sft import discard_incomplete, list_checkpoints
+from loretune.training.sft import discard_incomplete
 
 
 def checkpoint(folder, step: int, complete: bool) -> None:

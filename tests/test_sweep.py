@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loretune.training import sweep as grids
+from loretune.evaluation import sweep as grids
 from tests.recipes import TINY
 
 

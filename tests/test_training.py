@@ -16,14 +16,15 @@ from datasets import Dataset
 from safetensors import safe_open
 
 from loretune.config import TrainingConfig
+from loretune.dataset import assemble as ds
+from loretune.dataset import evalsets
+from loretune.evaluation.binary_choice import evaluate_checkpoints
+from loretune.model.chat_format import IGNORE, ChatFormat, add_image_token, encode_chat
+from loretune.model.tiny_model import build_and_save, build_tiny_llama, train_tokenizer
 from loretune.multimodal import fusion
 from loretune.multimodal.fusion import attach_projector, fuse
-from loretune.training import dataset as ds
-from loretune.training import evalsets
-from loretune.training.chat import IGNORE, ChatFormat, add_image_token, encode_chat
-from loretune.training.evaluate import evaluate_checkpoints
+from loretune.training.recipe import Recipe
 from loretune.training.sft import RESUME_ONLY, label_check, publish_checkpoints, train
-from loretune.training.tiny_model import build_and_save, build_tiny_llama, train_tokenizer
 
 SYSTEM = "You are an expert."
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
@@ -193,8 +194,8 @@ def test_short_training_beats_step_zero_and_saves_the_projector(tmp_path):
     texts = [m["content"] for r in rows for m in r["messages"]] * 5
     build_and_save(texts, tmp_path / "base", vocab_size=400, **TINY)
 
-    cfg = TrainingConfig(max_steps=80, save_steps=40, batch_size=8, learning_rate=5e-3, warmup_ratio=0.0,
-                         max_length=64)
+    cfg = Recipe.from_dict(TrainingConfig(max_steps=80, save_steps=40, batch_size=8, learning_rate=5e-3, warmup_ratio=0.0,
+                         max_length=64).model_dump())
     checkpoints = train(dataset_dir=tmp_path / "data", features=features, clip_dim=8, base_model=str(tmp_path / "base"),
                         output_dir=tmp_path / "ckpt", cfg=cfg, image_tokens=2, log=lambda m: None)
     assert [c.step for c in checkpoints] == [40, 80]

@@ -1,4 +1,4 @@
-"""Which trainer runs, and loading the base model for it.
+"""Which trainer runs: the backend a config asks for, resolved on this machine, and its runtime.
 
 Two backends train the same LoRA config into the same checkpoint layout:
 
@@ -10,21 +10,24 @@ Two backends train the same LoRA config into the same checkpoint layout:
   (`training/worker.py`). Whether it is installed is asked of the import system without importing it.
 
 `auto` takes unsloth where CUDA and unsloth are both there, else hf; the backend it resolves to is
-part of the training stage's version (`runtime`).
+part of the training stage's version (`runtime`). Loading a base model is the model package's
+(`model/loading.py`): evaluation, export and chat load one too, without the training loop.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
-
-class BackendUnavailable(RuntimeError):
-    """The configured training backend cannot run on this machine; the message says why."""
+from loretune.model.loading import (
+    BackendUnavailable,
+    check_4bit,
+    default_device,
+    model_dtype,
+)
 
 
 def unsloth_installed() -> bool:
@@ -74,55 +77,3 @@ def _version(distribution: str) -> str:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
-
-
-def model_dtype(device: str) -> torch.dtype:
-    """fp32 on a CPU (bf16 matmuls there are slow and lossy), bf16 on CUDA; the same for train and eval."""
-    return torch.float32 if device == "cpu" else torch.bfloat16
-
-
-def quantization_config(load_in_4bit: bool, device: str) -> Any | None:
-    """bitsandbytes NF4 with bf16 compute for QLoRA; refused off CUDA, where bitsandbytes has no kernels."""
-    if not load_in_4bit:
-        return None
-    check_4bit(device)
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
-
-
-def check_4bit(device: str) -> None:
-    if device != "cuda":
-        raise BackendUnavailable("model.load_in_4bit needs a CUDA GPU (bitsandbytes' 4-bit kernels), and torch "
-                                 "sees none here; set model.load_in_4bit: false on this machine")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise BackendUnavailable("model.load_in_4bit needs bitsandbytes, which is not installed: "
-                                 "pip install 'loretune[gpu]'")
-
-
-def load_base(base_model: str, device: str, attn_implementation: str = "sdpa",
-              load_in_4bit: bool = False) -> tuple[Any, Any]:
-    """Tokenizer and causal LM from the model stage's folder, with explicit dtype and attention."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    quantization = quantization_config(load_in_4bit, device)
-    if quantization is not None:  # bitsandbytes places the quantised weights itself
-        model = AutoModelForCausalLM.from_pretrained(base_model, dtype=model_dtype(device), device_map={"": 0},
-                                                     quantization_config=quantization,
-                                                     attn_implementation=attn_implementation)
-        return tokenizer, model
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=model_dtype(device),
-                                                 attn_implementation=attn_implementation).to(device)
-    return tokenizer, model
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def is_local_model(base_model: str) -> bool:
-    return Path(base_model).is_dir()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,51 +23,28 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
-from loretune.config import TrainingConfig
-from loretune.multimodal.fusion import PROJECTOR_NAME, attach_projector, feature_stats, fuse, projector_parameters
-from loretune.training.backends import default_device, load_base, resolve_backend
-from loretune.training.chat import IGNORE, ChatFormat, add_image_token, encode_chat
+from loretune.model.chat_format import IGNORE, ChatFormat, add_image_token, encode_chat
+from loretune.model.checkpoints import (
+    COMPLETE_MARKER,
+    MULTIMODAL_FILE,
+    Checkpoint,
+    list_checkpoints,
+)
+from loretune.model.collator import FusionCollator
+from loretune.model.loading import default_device, load_base
+from loretune.multimodal.fusion import (
+    PROJECTOR_NAME,
+    attach_projector,
+    feature_stats,
+    fuse,
+    projector_parameters,
+)
+from loretune.training.backends import resolve_backend
+from loretune.training.recipe import Recipe
 
-MULTIMODAL_FILE = "loretune_multimodal.json"
 LABELS_FILE = "label_check.json"
 # The backend, quantisation and batch the run really trained with (out-of-memory back-offs included).
 TRAINING_RUN_FILE = "training_run.json"
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    step: int
-    path: Path
-
-
-class FusionCollator:
-    """Pads token ids and labels, and looks up each row's CLIP features by image sha256.
-
-    Written here rather than taken from TRL: its collator knows nothing of image features."""
-
-    def __init__(self, pad_id: int, features: dict[str, np.ndarray], clip_dim: int):
-        self.pad_id = pad_id
-        self.features = features
-        self.clip_dim = clip_dim
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        width = max(len(r["input_ids"]) for r in rows)
-
-        def pad(seq: list[int], value: int) -> list[int]:
-            return list(seq) + [value] * (width - len(seq))
-
-        batch = {
-            "input_ids": torch.tensor([pad(r["input_ids"], self.pad_id) for r in rows]),
-            "attention_mask": torch.tensor([pad([1] * len(r["input_ids"]), 0) for r in rows]),
-            "image_features": torch.zeros(len(rows), self.clip_dim),
-        }
-        if "labels" in rows[0]:
-            batch["labels"] = torch.tensor([pad(r["labels"], IGNORE) for r in rows])
-        for i, row in enumerate(rows):
-            vector = self.features.get(row.get("image_sha256") or "")
-            if vector is not None:
-                batch["image_features"][i] = torch.tensor(vector, dtype=torch.float32)
-        return batch
 
 
 class FusionSFTTrainer(SFTTrainer):
@@ -123,7 +99,7 @@ def plot_losses(trainer_state: Path, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def lora_config(cfg: TrainingConfig) -> LoraConfig:
+def lora_config(cfg: Recipe) -> LoraConfig:
     return LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
@@ -173,28 +149,6 @@ def label_check(labels: list[list[int]], truncated: list[bool], max_length: int)
             "no_trainable_share": empty / n, "truncated_share": cut / n}
 
 
-@dataclass
-class Loaded:
-    """A base model ready for the checkpoints of one training run: tokenizer, model with the
-    projector as training initialised it, the chat format, and the run's multimodal spec."""
-
-    tokenizer: Any
-    model: Any
-    fmt: ChatFormat
-    spec: dict[str, Any]
-    device: str
-
-
-def load_for_checkpoints(base_model: str, checkpoints_dir: Path, attn_implementation: str = "sdpa") -> Loaded:
-    """What evaluation and the before/after both need before loading an adapter from `checkpoints_dir`."""
-    spec = json.loads((checkpoints_dir / MULTIMODAL_FILE).read_text())
-    device = default_device()
-    tokenizer, model = load_base(base_model, device, attn_implementation)
-    attach_projector(model, spec["clip_dim"], spec["image_tokens"], seed=spec["projector_seed"],
-                     stats=spec.get("feature_stats"), image_token_id=add_image_token(tokenizer))
-    return Loaded(tokenizer, model, ChatFormat.load(Path(base_model)), spec, device)
-
-
 MAX_OOM_BACKOFFS = 2
 
 
@@ -209,11 +163,13 @@ def is_out_of_memory(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and "CUDA out of memory" in str(exc))
 
 
-def prepare_model(base_model: str, cfg: TrainingConfig, backend: str, load_in_4bit: bool, device: str,
+def prepare_model(base_model: str, cfg: Recipe, backend: str, load_in_4bit: bool, device: str,
                   clip_dim: int, image_tokens: int, stats: dict[str, Any], scratch: Path) -> tuple[Any, Any, Any]:
     """Tokenizer, the LoRA-wrapped model with the image projector trainable, and the projector."""
     if backend == "unsloth":
-        from loretune.training import unsloth_lora  # the worker process imported unsloth first
+        from loretune.training import (
+            unsloth_lora,  # the worker process imported unsloth first
+        )
 
         tokenizer, model = unsloth_lora.load(base_model, cfg, load_in_4bit, view=scratch / "unsloth_model")
     else:
@@ -237,7 +193,7 @@ def train(
     clip_dim: int,
     base_model: str,
     output_dir: Path,
-    cfg: TrainingConfig,
+    cfg: Recipe,
     image_tokens: int,
     log: Callable[[str], None] = print,
     progress: Callable[[int, int], None] | None = None,
@@ -424,18 +380,6 @@ def publish_checkpoints(output_dir: Path, out: Path) -> list[Checkpoint]:
         if (output_dir / name).exists():  # runs from before the training record have none
             shutil.copy(output_dir / name, out / name)
     return published
-
-
-# The Trainer writes a checkpoint's files one by one and this one last: a folder without it was
-# cut short by a kill, and resuming from it would fail (or worse, load a torn optimizer state).
-COMPLETE_MARKER = "trainer_state.json"
-
-
-def list_checkpoints(output_dir: Path) -> list[Checkpoint]:
-    """The complete checkpoints in `output_dir`, oldest first."""
-    found = [Checkpoint(int(p.name.split("-")[1]), p) for p in output_dir.glob("checkpoint-*")
-             if p.is_dir() and (p / COMPLETE_MARKER).is_file()]
-    return sorted(found, key=lambda c: c.step)
 
 
 def discard_incomplete(output_dir: Path) -> list[str]:

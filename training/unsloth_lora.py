@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from unsloth import FastLanguageModel  # first: this module is imported only where unsloth may patch
+from unsloth import (
+    FastLanguageModel,  # first: this module is imported only where unsloth may patch
+)
 
-from loretune.config import TrainingConfig
+from loretune.training.recipe import Recipe
 
 
-def load(base_model: str, cfg: TrainingConfig, load_in_4bit: bool, view: Path) -> tuple[Any, Any]:
+def load(base_model: str, cfg: Recipe, load_in_4bit: bool, view: Path) -> tuple[Any, Any]:
     """Tokenizer and unsloth's model from the model stage's folder, bf16 or 4-bit, on the GPU;
     `view` is a scratch folder for `text_only_view`."""
     from transformers import AutoTokenizer
@@ -54,8 +56,7 @@ def load(base_model: str, cfg: TrainingConfig, load_in_4bit: bool, view: Path) -
 def text_only_view(base_model: Path, view: Path) -> Path:
     """`base_model` as unsloth should see it: its files linked, its tokenizer files copied without
     the image placeholder. Absolute, since unsloth takes a relative a/b for a hub id."""
-    from loretune.training.chat import IMAGE_TOKEN
-    from loretune.training.export import strip_added_token
+    from loretune.model.chat_format import IMAGE_TOKEN, strip_added_token
 
     shutil.rmtree(view, ignore_errors=True)
     view.mkdir(parents=True)
@@ -71,12 +72,12 @@ def text_only_view(base_model: Path, view: Path) -> Path:
 TOKENIZER_FILES = frozenset({"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"})
 
 
-def checkpointing(cfg: TrainingConfig) -> str | bool:
+def checkpointing(cfg: Recipe) -> str | bool:
     """unsloth's own gradient checkpointing (activations offloaded to CPU memory) where the config asks for it."""
     return "unsloth" if cfg.gradient_checkpointing else False
 
 
-def wrap(model: Any, cfg: TrainingConfig, extra_modules: list[str]) -> Any:
+def wrap(model: Any, cfg: Recipe, extra_modules: list[str]) -> Any:
     """unsloth's LoRA wrap with the config's settings, then `extra_modules` (the projector) trained
     in full and saved with the adapter, as PEFT's `modules_to_save` does on the hf path."""
     from peft.tuners.tuners_utils import BaseTuner

@@ -43,7 +43,7 @@ def train_checkpoints(*, backend: str, features: dict[str, Any], output_dir: Pat
     output_dir.mkdir(parents=True, exist_ok=True)
     write_request(output_dir, backend=backend, features=features, **kwargs)
     run_worker(output_dir, log, progress)
-    from loretune.training.sft import list_checkpoints
+    from loretune.model.checkpoints import list_checkpoints
 
     return list_checkpoints(output_dir)
 
@@ -54,7 +54,7 @@ def write_request(output_dir: Path, *, backend: str, features: dict[str, Any], c
     np.savez(output_dir / FEATURES_FILE, **{sha: np.asarray(v, dtype=np.float32) for sha, v in features.items()})
     # Absolute paths: the worker runs in the run folder, not in the caller's working directory.
     folders = {k: str(Path(kwargs.pop(k)).resolve()) for k in ("dataset_dir", "base_model")}
-    request = {"backend": backend, "cfg": cfg.model_dump(mode="json"), **folders, **kwargs}
+    request = {"backend": backend, "cfg": cfg.as_dict(), **folders, **kwargs}
     path = output_dir / REQUEST_FILE
     path.write_text(json.dumps(request, indent=2))
     return path
@@ -93,8 +93,8 @@ def main(argv: list[str]) -> int:
 
     import numpy as np
 
-    from loretune.config import TrainingConfig
     from loretune.training import sft
+    from loretune.training.recipe import Recipe
 
     folder = request_file.parent
     with np.load(folder / FEATURES_FILE) as stored:
@@ -105,7 +105,7 @@ def main(argv: list[str]) -> int:
 
     sft.train(
         dataset_dir=Path(request["dataset_dir"]), features=features, clip_dim=request["clip_dim"],
-        base_model=request["base_model"], output_dir=folder, cfg=TrainingConfig.model_validate(request["cfg"]),
+        base_model=request["base_model"], output_dir=folder, cfg=Recipe.from_dict(request["cfg"]),
         image_tokens=request["image_tokens"], clip=request.get("clip"), backend=request["backend"],
         load_in_4bit=request.get("load_in_4bit", False), log=lambda line: print(line, flush=True), progress=progress,
     )

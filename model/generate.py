@@ -1,0 +1,74 @@
+"""Generation with transformers: one decoding-settings type and one `generate()` for every stage.
+
+The before/after answers, the export's parity probes and the chat UI's transformers backend all
+decode through here, so "greedy, 48 new tokens" means the same thing in each, and a decoding grid
+(temperature, top-p, top-k, beams, seed) is a list of `Decoding` values.
+
+Greedy decoding ignores temperature, top-p and top-k (transformers gives bit-identical output), so
+`Decoding` makes greedy explicit (temperature 0) and hands transformers `None` for the sampling
+knobs, rather than letting a sweep over them measure nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How to choose each next token. temperature 0: greedy (argmax), the other sampling knobs unused;
+    top_k 0: no top-k cut; num_beams > 1: beam search (greedy or sampled)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    num_beams: int = 1
+    max_new_tokens: int = 64
+    seed: int = 0  # sampling is reproducible for the same seed
+
+    def __post_init__(self) -> None:
+        problems = [f"{name} {value!r}: {rule}" for name, value, ok, rule in (
+            ("temperature", self.temperature, self.temperature >= 0, "must be 0 (greedy) or more"),
+            ("top_p", self.top_p, 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("top_k", self.top_k, self.top_k >= 0, "must be 0 (no cut) or more"),
+            ("num_beams", self.num_beams, self.num_beams >= 1, "must be 1 or more"),
+            ("max_new_tokens", self.max_new_tokens, self.max_new_tokens >= 1, "must be 1 or more"),
+        ) if not ok]
+        if problems:
+            raise ValueError("decoding: " + "; ".join(problems))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def transformers_kwargs(self) -> dict[str, Any]:
+        """`model.generate` arguments. top_k=0 turns transformers' default top-k (50) off, so top-p and
+        temperature alone shape sampling, as llama.cpp is run by the chat UI."""
+        if self.greedy:
+            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None,
+                    "num_beams": self.num_beams, "max_new_tokens": self.max_new_tokens}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+                "num_beams": self.num_beams, "max_new_tokens": self.max_new_tokens}
+
+
+@torch.no_grad()
+def generate(model: Any, decoding: Decoding, *, eos_ids: Sequence[int], pad_id: int | None,
+             input_ids: Sequence[int] | None = None, inputs: dict[str, torch.Tensor] | None = None,
+             **extra: Any) -> list[int]:
+    """The new token ids for one prompt (given as `input_ids`, or as ready `inputs` such as fused
+    `inputs_embeds` with their attention mask), ending with the end-of-generation token if one was
+    reached. `extra` goes to `model.generate` as is (a streamer, stopping criteria)."""
+    if (input_ids is None) == (inputs is None):
+        raise ValueError("generate: give the prompt as input_ids or as inputs, not both")
+    if input_ids is not None:
+        ids = torch.tensor([list(input_ids)], device=model.device)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if not decoding.greedy:
+        torch.manual_seed(decoding.seed)
+    out = model.generate(**inputs, **decoding.transformers_kwargs(), eos_token_id=sorted(eos_ids),
+                         pad_token_id=pad_id, **extra)
+    prompt_length = inputs["input_ids"].shape[1] if "input_ids" in inputs else 0  # embeds: new tokens only
+    return out[0, prompt_length:].tolist()

@@ -1,0 +1,42 @@
+"""The features stage: every fetched image embedded with CLIP, keyed by (image sha256, CLIP model).
+
+Its version covers the architecture files the CLIP module registers with open_clip, since editing
+`loretune-tiny-vit.json` changes the model as much as editing code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from loretune.config import FeaturesConfig
+from loretune.fingerprint import stage_code_version
+from loretune.multimodal import clip, images
+from loretune.store import ArtifactRef
+from loretune.tasks.stage import StageCache, publish_stage
+
+
+def features_code() -> str:
+    """The modules this task runs and the CLIP architecture files they read."""
+    return stage_code_version(__name__, files=clip.project_config_files())
+
+
+FEATURES = StageCache(stage="features", code=features_code())
+
+
+@task(name="features", cache_policy=FEATURES, persist_result=True)
+def extract_features(store: str, domain: str, images_ref: ArtifactRef, params: FeaturesConfig) -> ArtifactRef:
+    logger = get_run_logger()
+    folder = images_ref.local_path()
+    unique = {r.sha256: folder / r.file for r in images.read_index(folder / "images.parquet") if r.sha256}
+
+    def build(out: Path) -> dict:
+        encoder = clip.load_clip(params.clip_model, params.pretrained, seed=params.seed, log=logger.info)
+        shas = sorted(unique)
+        vectors = clip.embed_images(encoder, [unique[s] for s in shas], batch_size=params.batch_size, log=logger.info)
+        clip.write_features(shas, encoder.model_id, vectors, out / "features.parquet")
+        return {"images": len(shas), "embed_dim": encoder.embed_dim, "model_id": encoder.model_id,
+                "random_weights": encoder.random_weights}
+
+    return publish_stage(FEATURES, build)
