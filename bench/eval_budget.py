@@ -25,7 +25,7 @@ from loretune.config import load_config
 from loretune.dataset import assemble as ds
 from loretune.dataset import evalsets, layout
 from loretune.evaluation.binary_choice import build_requests, score_sets
-from loretune.ingest.sources import collect
+from loretune.ingest.sources import collect, settings
 from loretune.model.collator import FusionCollator
 from loretune.model.tiny_model import build_and_save
 from loretune.multimodal.fusion import attach_projector
@@ -70,7 +70,7 @@ def main() -> None:
     with SampleSourcesServer(port=0) as server, tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(Path(__file__).parent.parent / "deployments/naruto.yaml",
                           {**sample_overrides(server.base_url), "http.min_interval_s": 0})
-        docs, _ = collect(cfg.sources, cfg.http, log=lambda *a: None)
+        docs, _ = collect(settings(cfg.sources.model_dump()), cfg.http.model_dump(), log=lambda *a: None)
         pages = ds.pages_from_documents(docs, {})
         out = Path(tmp) / "dataset"
         out.mkdir()

@@ -264,7 +264,7 @@ def run(server: SampleSourcesServer, config: Any, baseline_log: list[str] | None
     all_failed = None
     try:
         # No stored version and no HTTP cache (collect's defaults): every run is a full, cold crawl.
-        documents, reports = sources_mod.collect(config.sources, config.http, log=log.append, runners=runners)
+        documents, reports = sources_mod.collect(sources_mod.settings(config.sources.model_dump()), config.http.model_dump(), log=log.append, runners=runners)
     except sources_mod.AllSourcesFailed as exc:  # not expected: every fault targets one source
         documents, reports, all_failed = [], {}, str(exc)
     seconds = time.monotonic() - t0

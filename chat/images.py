@@ -10,7 +10,7 @@ model has no row for it; `fuse` swaps it out before the embedding lookup).
 The picture must be embedded by the same CLIP the features stage used, or the projector reads
 vectors it never saw: `loretune_multimodal.json` names it (`clip_model`: the features' model id,
 e.g. `loretune-tiny-vit:random-seed0`, or a `clip` object with `model`, `pretrained`, `seed`). A
-file that names none gets the features stage's defaults (`FeaturesConfig`), and the UI says so.
+file that names none gets the features stage's default CLIP (`UNRECORDED_CLIP`), and the UI says so.
 """
 
 from __future__ import annotations
@@ -65,8 +65,13 @@ class ProjectorSpec:
                                    "re-run the export") from exc
 
 
+# A spec from before the features' CLIP was recorded: the features stage's default CLIP (loretune's
+# own architecture, random weights, seed 0), marked as assumed so the UI says so.
+UNRECORDED_CLIP = ClipChoice("loretune-tiny-vit", None, 0, assumed=True)
+
+
 def clip_choice(spec: dict[str, Any]) -> ClipChoice:
-    """The CLIP a projector was trained on, from its spec; the features stage's defaults if unsaid."""
+    """The CLIP a projector was trained on, from its spec; `UNRECORDED_CLIP` if it names none."""
     given = spec.get("clip")
     if isinstance(given, dict) and given.get("model"):
         return ClipChoice(str(given["model"]), given.get("pretrained"), int(given.get("seed", 0)))
@@ -77,10 +82,7 @@ def clip_choice(spec: dict[str, Any]) -> ClipChoice:
         if random or not weights:
             return ClipChoice(name, None, int(random.group(1)) if random else 0)
         return ClipChoice(name, weights, 0)
-    from loretune.config import FeaturesConfig
-
-    defaults = FeaturesConfig()
-    return ClipChoice(defaults.clip_model, defaults.pretrained, defaults.seed, assumed=True)
+    return UNRECORDED_CLIP
 
 
 _encoders: dict[ClipChoice, Any] = {}

@@ -24,6 +24,9 @@ from loretune.chat.catalogue import ServableModel, list_models
 from loretune.export.layout import EXPORT_FILE, MERGED_DIR
 
 FALLBACK_SYSTEM_PROMPT = "You are a helpful assistant."
+# For a store whose datasets are gone but whose exports name their domain: the dataset stage's
+# default wording (a dataset built with another prompt records it, and is read first).
+DOMAIN_SYSTEM_PROMPT = "You are a helpful expert on the lore of {domain}."
 
 
 class Catalogue:
@@ -55,14 +58,14 @@ class Catalogue:
 
     def system_prompt(self) -> str:
         """The system prompt the newest dataset was built with, so the chat asks as training did."""
+        from loretune.dataset.layout import system_prompt
         from loretune.store import ArtifactStore
 
         store = ArtifactStore(self.store)
         for manifest in reversed(store.versions("dataset")):
-            report = store.local_path("dataset", manifest["version"]) / "build_report.json"
             try:
-                prompt = json.loads(report.read_text()).get("system_prompt")
-            except (OSError, ValueError):
+                prompt = system_prompt(store.local_path("dataset", manifest["version"]))
+            except (OSError, ValueError, KeyError):
                 continue
             if prompt:
                 return str(prompt)
@@ -73,9 +76,7 @@ class Catalogue:
             except (OSError, ValueError):
                 continue
             if domain:
-                from loretune.config import DatasetConfig
-
-                return DatasetConfig().system_prompt.format(domain=domain)
+                return DOMAIN_SYSTEM_PROMPT.format(domain=domain)
         return FALLBACK_SYSTEM_PROMPT
 
 

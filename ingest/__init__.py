@@ -1,4 +1,4 @@
 """Sources -> documents: the polite HTTP client and the Fandom, Reddit, YouTube and Sportskeeda readers.
 
-Imports only the core (loretune.config, .fingerprint, .store); never a later stage, Prefect, tasks or flows.
+Imports only the core (settings, fingerprints, the store); never a later stage, Prefect, tasks or flows.
 """

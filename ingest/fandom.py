@@ -53,6 +53,20 @@ class Scope:
                        "max_pages": self.max_pages, "license": self.license, "code": code})
 
 
+@dataclass(frozen=True)
+class FandomSettings:
+    """What a Fandom crawl reads (config: `sources.fandom`)."""
+
+    enabled: bool
+    api_url: str
+    categories: tuple[str, ...]
+    batch_size: int
+    max_pages: int | None
+    license: str
+    incremental: bool  # after a stored crawl, fetch only the pages in list=recentchanges
+    max_state_age_days: float
+
+
 def crawl(
     api_url: str,
     categories: list[str],

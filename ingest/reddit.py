@@ -24,6 +24,7 @@ import html
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
@@ -31,7 +32,6 @@ import praw
 import prawcore
 import requests
 
-from loretune.config import RedditSource
 from loretune.ingest import markdown
 from loretune.ingest.documents import Document
 from loretune.ingest.http import SourceError, SourceSkipped
@@ -48,8 +48,26 @@ GONE_BODIES = {"[deleted]", "[removed]"}
 SAMPLE_CREDENTIALS = {"REDDIT_CLIENT_ID": "loretune-sample-app", "REDDIT_CLIENT_SECRET": "loretune-sample-not-a-secret"}
 
 
+@dataclass(frozen=True)
+class RedditSettings:
+    """What a Reddit crawl reads (config: `sources.reddit`; credentials come from `env`, never here)."""
+
+    enabled: bool
+    sample_credentials: bool  # the sample server's public test pair, for a loopback server only
+    oauth_url: str
+    reddit_url: str
+    subreddits: tuple[str, ...]
+    listings: tuple[str, ...]
+    time_filter: str
+    limit: int
+    drop_removed: bool
+    drop_nsfw: bool
+    drop_stickied: bool
+    license: str
+
+
 def crawl(
-    cfg: RedditSource,
+    cfg: RedditSettings,
     user_agent: str,
     log: Callable[[str], None] = print,
     env: Mapping[str, str] = os.environ,
@@ -101,7 +119,7 @@ def _credentials(env: Mapping[str, str]) -> tuple[str, str]:
     return client_id, client_secret
 
 
-def _connect(cfg: RedditSource, client_id: str, client_secret: str, user_agent: str,
+def _connect(cfg: RedditSettings, client_id: str, client_secret: str, user_agent: str,
              session: requests.Session) -> praw.Reddit:
     """A read-only, app-only praw client whose HTTP all goes through `session` (to count it)."""
     oauth_url, reddit_url = _praw_urls(cfg.oauth_url, cfg.reddit_url)
@@ -125,7 +143,7 @@ def _praw_urls(oauth_url: str, reddit_url: str) -> tuple[str, str]:
     return oauth_url.rstrip("/") + "/", reddit_url.rstrip("/")
 
 
-def _posts(reddit: praw.Reddit, cfg: RedditSource, calls: _Caller) -> Iterator[dict[str, Any]]:
+def _posts(reddit: praw.Reddit, cfg: RedditSettings, calls: _Caller) -> Iterator[dict[str, Any]]:
     """Each post of each subreddit's listings once, as the listing's own data."""
     seen: set[str] = set()
     for name in cfg.subreddits:
@@ -151,7 +169,7 @@ def _post_data(submission: praw.models.Submission) -> dict[str, Any]:
     return data
 
 
-def _drop_reason(post: dict[str, Any], cfg: RedditSource) -> str | None:
+def _drop_reason(post: dict[str, Any], cfg: RedditSettings) -> str | None:
     """Why a post is left out ("deleted", "removed", "nsfw", "stickied"), or None to keep it."""
     category = post.get("removed_by_category")
     selftext = post.get("selftext") or ""
@@ -190,7 +208,7 @@ def _walk(forest: Any) -> Iterator[dict[str, Any]]:
         yield from _walk(comment.replies)
 
 
-def _document(post: dict[str, Any], comments: list[dict[str, Any]], cfg: RedditSource) -> Document:
+def _document(post: dict[str, Any], comments: list[dict[str, Any]], cfg: RedditSettings) -> Document:
     """One document per post; authors stay out of the prose the model learns from, and Markdown
     becomes the prose a reader sees (`ingest/markdown.py`). The comment tree, in plain text with
     scores, is kept in meta for the dataset's builders; gone comments stay in it as empty bodies,

@@ -26,10 +26,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from loretune.config import HttpConfig, SourcesConfig
 from loretune.ingest import fandom, reddit, sportskeeda, youtube
 from loretune.ingest.documents import Document
 from loretune.ingest.http import PoliteSession, SourceSkipped
+from loretune.settings import from_values
 
 
 @dataclass
@@ -88,55 +88,67 @@ class AllSourcesFailed(RuntimeError):
 
 Log = Callable[[str], None]
 Harvest = tuple[list[Document], dict, dict]  # documents, stats, state for the next run
-Runner = Callable[[SourcesConfig, PoliteSession, HttpConfig, Prior, Log], Harvest]
+# A runner gets its own source's settings, a polite session, what is stored of it, and a log.
+Runner = Callable[[Any, PoliteSession, Prior, Log], Harvest]
+
+# Each source's settings, built from its config section by `settings` (the task layer's translation).
+SETTINGS: dict[str, type] = {"fandom": fandom.FandomSettings, "reddit": reddit.RedditSettings,
+                             "youtube": youtube.YouTubeSettings, "sportskeeda": sportskeeda.SportskeedaSettings}
+# What a source's config section holds for the task alone (the secret's block name).
+TASK_ONLY = {"reddit": ("credentials_block",)}
 
 
-def _fandom(sources: SourcesConfig, session: PoliteSession, http: HttpConfig, prior: Prior, log: Log) -> Harvest:
-    cfg = sources.fandom
-    return fandom.crawl(cfg.api_url, cfg.categories, session, batch_size=cfg.batch_size,
+def settings(sections: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Each source's settings from its config section's values (`SourcesConfig.model_dump()`)."""
+    return {name: from_values(SETTINGS[name], values, ignore=TASK_ONLY.get(name, ()))
+            for name, values in sections.items()}
+
+
+def _fandom(cfg: fandom.FandomSettings, session: PoliteSession, prior: Prior, log: Log) -> Harvest:
+    return fandom.crawl(cfg.api_url, list(cfg.categories), session, batch_size=cfg.batch_size,
                         max_pages=cfg.max_pages, license=cfg.license, log=log,
                         state=prior.state if cfg.incremental else None, stored=prior.documents,
                         max_state_age=timedelta(days=cfg.max_state_age_days))
 
 
-def _youtube(sources: SourcesConfig, session: PoliteSession, http: HttpConfig, prior: Prior, log: Log) -> Harvest:
-    if not sources.youtube.videos:
+def _youtube(cfg: youtube.YouTubeSettings, session: PoliteSession, prior: Prior, log: Log) -> Harvest:
+    if not cfg.videos:
         raise SourceSkipped("no videos configured (sources.youtube.videos is empty)")
-    return *youtube.crawl(sources.youtube, session, log=log), {}
+    return *youtube.crawl(cfg, session, log=log), {}
 
 
-def _reddit(sources: SourcesConfig, session: PoliteSession, http: HttpConfig, prior: Prior, log: Log,
+def _reddit(cfg: reddit.RedditSettings, session: PoliteSession, prior: Prior, log: Log,
             env: Callable[[], Mapping[str, str]] = lambda: os.environ) -> Harvest:
-    """praw has its own HTTP client (and rate limiter). `env` is called here, inside the source, so
-    a credential store that cannot be read fails Reddit alone."""
-    return *reddit.crawl(sources.reddit, user_agent=http.user_agent, log=log, env=env()), {}
+    """praw has its own HTTP client (and rate limiter); it sends the session's user agent. `env` is
+    called here, inside the source, so a credential store that cannot be read fails Reddit alone."""
+    return *reddit.crawl(cfg, user_agent=session.user_agent, log=log, env=env()), {}
 
 
-def _sportskeeda(sources: SourcesConfig, session: PoliteSession, http: HttpConfig, prior: Prior, log: Log
-                 ) -> Harvest:
-    return *sportskeeda.crawl(sources.sportskeeda, session, log=log), {}
+def _sportskeeda(cfg: sportskeeda.SportskeedaSettings, session: PoliteSession, prior: Prior, log: Log) -> Harvest:
+    return *sportskeeda.crawl(cfg, session, log=log), {}
 
 
 RUNNERS: dict[str, Runner] = {"fandom": _fandom, "reddit": _reddit, "youtube": _youtube, "sportskeeda": _sportskeeda}
 
-# Each source's scope: the configured URLs its documents come from (JSON values: it is stored in the
-# manifest and compared with the config on the next run).
-Scope = Callable[[SourcesConfig], dict[str, Any]]
+# Each source's scope, from its own settings: the configured URLs its documents come from (JSON
+# values: it is stored in the manifest and compared with the config on the next run).
+Scope = Callable[[Any], dict[str, Any]]
 SCOPES: dict[str, Scope] = {
-    "fandom": lambda s: {"api_url": s.fandom.api_url},
-    "reddit": lambda s: {"oauth_url": s.reddit.oauth_url, "reddit_url": s.reddit.reddit_url},
-    "youtube": lambda s: {"info_url": s.youtube.info_url},
-    "sportskeeda": lambda s: {"base_url": s.sportskeeda.base_url, "feed_url": s.sportskeeda.feed_url,
-                              "sitemap_urls": list(s.sportskeeda.sitemap_urls)},
+    "fandom": lambda s: {"api_url": s.api_url},
+    "reddit": lambda s: {"oauth_url": s.oauth_url, "reddit_url": s.reddit_url},
+    "youtube": lambda s: {"info_url": s.info_url},
+    "sportskeeda": lambda s: {"base_url": s.base_url, "feed_url": s.feed_url, "sitemap_urls": list(s.sitemap_urls)},
 }
 
 
-def collect(sources: SourcesConfig, http: HttpConfig, log: Log = print, previous: Callable[[], Stored] = Stored,
-            runners: Mapping[str, Runner] = RUNNERS, cache_dir: Path | None = None,
+def collect(sources: Mapping[str, Any], http: Mapping[str, Any], log: Log = print,
+            previous: Callable[[], Stored] = Stored, runners: Mapping[str, Runner] = RUNNERS, cache_dir: Path | None = None,
             scopes: Mapping[str, Scope] = SCOPES,
             ) -> tuple[list[Document], dict[str, SourceReport]]:
     """Every enabled source's documents; a failed source's come from the stored version instead,
     if that version's documents of the source came from the same scope (see the module docstring).
+
+    `sources`: each source's settings by name (`settings`); `http`: the `PoliteSession` settings.
 
     `previous` is called once; its documents are read at most once, and only if a source needs
     them (to update them incrementally, or to carry them forward after a failure).
@@ -148,12 +160,12 @@ def collect(sources: SourcesConfig, http: HttpConfig, log: Log = print, previous
     stored = previous()
     read_stored = cache(lambda: list(stored.read()))
     for name, run in runners.items():
-        section = getattr(sources, name, None)
-        scope = scopes[name](sources) if name in scopes else {}
+        section = sources.get(name)
+        scope = scopes[name](section) if name in scopes and section is not None else {}
         if section is not None and not section.enabled:
             reports[name] = SourceReport("skipped", error="disabled in config", scope=scope)
             continue
-        session = PoliteSession(**http.model_dump(), cache_dir=cache_dir)
+        session = PoliteSession(**http, cache_dir=cache_dir)
         refusal = stored.refusal(name, scope)
         if refusal is None:
             state = dict(stored.states.get(name) or {})
@@ -161,7 +173,7 @@ def collect(sources: SourcesConfig, http: HttpConfig, log: Log = print, previous
         else:  # not its own past: start from nothing, as on the first run
             state, prior = {}, Prior({}, list)
         try:
-            docs, stats, new_state = run(sources, session, http, prior, log)
+            docs, stats, new_state = run(section, session, prior, log)
         except SourceSkipped as exc:
             reports[name] = SourceReport("skipped", error=str(exc), scope=scope)
             log(f"{name}: skipped: {exc}")

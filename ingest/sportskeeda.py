@@ -35,7 +35,6 @@ from xml.etree import ElementTree
 import feedparser
 from bs4 import BeautifulSoup, Tag
 
-from loretune.config import SportskeedaSource
 from loretune.ingest.documents import Document
 from loretune.ingest.http import PoliteSession, SourceError
 
@@ -83,7 +82,20 @@ class Article:
     marked_up: bool = True  # JSON-LD says it is an article, or the page has an article body element
 
 
-def crawl(cfg: SportskeedaSource, session: PoliteSession, log: Callable[[str], None] = print
+@dataclass(frozen=True)
+class SportskeedaSettings:
+    """What a Sportskeeda crawl reads (config: `sources.sportskeeda`)."""
+
+    enabled: bool
+    base_url: str
+    feed_url: str
+    sitemap_urls: tuple[str, ...]
+    keywords: tuple[str, ...]
+    max_articles: int
+    license: str
+
+
+def crawl(cfg: SportskeedaSettings, session: PoliteSession, log: Callable[[str], None] = print
           ) -> tuple[list[Document], dict[str, Any]]:
     """Documents for the articles about `cfg.keywords`, at most `cfg.max_articles`, and crawl stats.
 
@@ -118,7 +130,7 @@ def crawl(cfg: SportskeedaSource, session: PoliteSession, log: Callable[[str], N
     return documents, stats
 
 
-def discover(cfg: SportskeedaSource, session: PoliteSession, log: Callable[[str], None] = print) -> list[Candidate]:
+def discover(cfg: SportskeedaSettings, session: PoliteSession, log: Callable[[str], None] = print) -> list[Candidate]:
     """Candidates from the feed, then each sitemap, one per canonical URL (the first listing wins:
     the feed's, which has a title and summary to judge by)."""
     read_sitemap = partial(sitemap_candidates, log=log)

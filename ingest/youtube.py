@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import re
 from bisect import bisect_right
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Sequence
 
@@ -28,7 +29,6 @@ from yt_dlp import YoutubeDL
 from yt_dlp.extractor.youtube import YoutubeIE
 from yt_dlp.utils import YoutubeDLError
 
-from loretune.config import YouTubeSource
 from loretune.ingest.documents import Document
 from loretune.ingest.http import PoliteSession, SourceError
 
@@ -41,7 +41,18 @@ Log = Callable[[str], None]
 Cue = tuple[float, list[str]]
 
 
-def crawl(cfg: YouTubeSource, session: PoliteSession, log: Log = print) -> tuple[list[Document], dict]:
+@dataclass(frozen=True)
+class YouTubeSettings:
+    """What a YouTube crawl reads (config: `sources.youtube`)."""
+
+    enabled: bool
+    videos: tuple[str, ...]
+    info_url: str | None  # a recorded info dict per video stands in for yt-dlp's extractor step
+    subtitle_langs: tuple[str, ...]
+    license: str
+
+
+def crawl(cfg: YouTubeSettings, session: PoliteSession, log: Log = print) -> tuple[list[Document], dict]:
     """Every configured video as a Document, plus how they were fetched.
 
     One video that fails (gone, bad info dict, subtitle download failing) is logged and skipped;
@@ -73,7 +84,7 @@ def crawl(cfg: YouTubeSource, session: PoliteSession, log: Log = print) -> tuple
     return documents, stats
 
 
-def ydl_params(cfg: YouTubeSource, log: Log) -> dict[str, Any]:
+def ydl_params(cfg: YouTubeSettings, log: Log) -> dict[str, Any]:
     """What makes yt-dlp pick subtitles for us and nothing else.
 
     With `writesubtitles` and `writeautomaticsub` both on, `process_subtitles` offers manual tracks
@@ -154,7 +165,7 @@ def chapter_transcripts(cues: Sequence[Cue], chapters: Sequence[dict[str, Any]])
 # --- one video ---------------------------------------------------------------------------------
 
 
-def _video_document(video: str, cfg: YouTubeSource, ydl: YoutubeDL, session: PoliteSession,
+def _video_document(video: str, cfg: YouTubeSettings, ydl: YoutubeDL, session: PoliteSession,
                     fetched_at: str) -> Document:
     vid = video_id(video)
     info = _processed_info(vid, cfg, ydl, session)
@@ -182,7 +193,7 @@ def _video_document(video: str, cfg: YouTubeSource, ydl: YoutubeDL, session: Pol
     )
 
 
-def _processed_info(vid: str, cfg: YouTubeSource, ydl: YoutubeDL, session: PoliteSession) -> dict[str, Any]:
+def _processed_info(vid: str, cfg: YouTubeSettings, ydl: YoutubeDL, session: PoliteSession) -> dict[str, Any]:
     """yt-dlp's finished info dict: extracted live, or recorded and then processed the same way."""
     if cfg.info_url:
         return ydl.process_ie_result(session.get_json(cfg.info_url.format(id=vid)), download=False)
@@ -222,7 +233,7 @@ def _chapters(info: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _info_address(video: str, cfg: YouTubeSource) -> str:
+def _info_address(video: str, cfg: YouTubeSettings) -> str:
     try:
         vid = video_id(video)
     except ValueError:

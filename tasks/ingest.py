@@ -38,7 +38,7 @@ def ingest_documents(store: str, domain: str, sources_cfg: SourcesConfig, http_c
     artifacts = ArtifactStore(store)
     runners = {**sources.RUNNERS,
                "reddit": partial(sources.RUNNERS["reddit"], env=_reddit_env(sources_cfg.reddit.credentials_block))}
-    docs, reports = sources.collect(sources_cfg, http_cfg, log=logger.info,
+    docs, reports = sources.collect(sources.settings(sources_cfg.model_dump()), http_cfg.model_dump(), log=logger.info,
                                     previous=lambda: _latest(artifacts, domain),
                                     runners=runners, cache_dir=state_dir() / "http-cache")
     summaries = {name: {k: v for k, v in dataclasses.asdict(r).items() if k not in ("stats", "state", "scope")}

@@ -129,7 +129,7 @@ def test_rows_alternate_roles_after_the_system_prompt_and_carry_their_builder():
 def test_the_sample_snapshot_makes_examples_from_every_source_and_counts_what_it_skipped(samples, tmp_path):
     cfg = load_config(NARUTO, {**sample_overrides(samples.base_url), "sources.youtube.videos":
                                ["kR9mTlFx3aQ", "Uc7hMnq2LsE", "Pz4wQe8RtYk"]})
-    docs, reports = sources.collect(cfg.sources, cfg.http, log=lambda _: None, cache_dir=tmp_path / "http")
+    docs, reports = sources.collect(sources.settings(cfg.sources.model_dump()), cfg.http.model_dump(), log=lambda _: None, cache_dir=tmp_path / "http")
     assert {name: r.status for name, r in reports.items()} == dict.fromkeys(
         ("fandom", "reddit", "youtube", "sportskeeda"), "ok")
     images = {url: f"sha-{i}" for i, url in enumerate(sorted({u for d in docs for u in d.image_urls}))}

@@ -268,3 +268,17 @@ def test_the_app_turns_an_empty_store_a_broken_export_and_no_speech_model_into_m
         for _ in range(2):  # the app keeps answering (with the same clear message), no traceback
             *_, said = list(broken["respond"]("Who is Naruto?", None, [], [], None, SYSTEM, 0.0, 0.9, 32))[-1]
             assert "is not a GGUF file" in said and "re-run the export" in said
+
+
+def test_the_chat_fallbacks_are_the_stage_defaults_they_stand_in_for():
+    """The chat library takes no config: its two fallbacks (a projector spec naming no CLIP, a store
+    with exports but no dataset) are written out, and must stay the stages' own defaults."""
+    from loretune.chat.images import UNRECORDED_CLIP
+    from loretune.chat.models import DOMAIN_SYSTEM_PROMPT
+    from loretune.config import DatasetConfig, FeaturesConfig
+
+    features = FeaturesConfig()
+    assert (UNRECORDED_CLIP.model, UNRECORDED_CLIP.pretrained, UNRECORDED_CLIP.seed) == (
+        features.clip_model, features.pretrained, features.seed)
+    assert UNRECORDED_CLIP.assumed, "the UI must say the CLIP was assumed"
+    assert DOMAIN_SYSTEM_PROMPT == DatasetConfig().system_prompt

@@ -7,6 +7,7 @@ that breaks one fails here, naming the importing module and what it reached for.
 
 from __future__ import annotations
 
+import ast
 import shutil
 import tomllib
 from pathlib import Path
@@ -97,6 +98,33 @@ def copy_checkout(target: Path) -> Path:
         shutil.copytree(REPO / folder, target / folder, ignore=shutil.ignore_patterns("__pycache__", "snapshot"))
     shutil.copy(REPO / "pyproject.toml", target / "pyproject.toml")
     return target
+
+
+# What a stage library may take from the config module: the state folder, a path, not a section.
+CONFIG_NAMES_ALLOWED = {"state_dir"}
+
+
+def config_imports(find: import_graph.Locate = import_graph.locate) -> list[str]:
+    """Every place a stage library imports a config section (libraries take plain values; the task
+    translates the config at the Prefect boundary)."""
+    found = []
+    for stage in STAGES:
+        for module in sorted(import_graph.modules_in(f"loretune.{stage}", find)):
+            for node in ast.walk(ast.parse(find(module).read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module == "loretune.config":
+                    found += [f"{module} imports loretune.config.{a.name}" for a in node.names
+                              if a.name not in CONFIG_NAMES_ALLOWED]
+                elif isinstance(node, ast.Import) and any(a.name == "loretune.config" for a in node.names):
+                    found.append(f"{module} imports loretune.config")
+    return found
+
+
+def test_stage_libraries_take_plain_values_not_config_sections(tmp_path):
+    assert config_imports() == []
+    root = copy_checkout(tmp_path)
+    with open(root / "training" / "sft.py", "a") as handle:
+        handle.write("\n\ndef later():\n    from loretune.config import TrainingConfig\n")
+    assert config_imports(tree_locator(root)) == ["loretune.training.sft imports loretune.config.TrainingConfig"]
 
 
 def test_every_layer_contract_holds():

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from loretune.config import HttpConfig, ImagesConfig, RedditSource
-from loretune.ingest import reddit
+from loretune.ingest import reddit, sources
 from loretune.ingest.documents import COLUMNS, write_documents
 from loretune.ingest.http import PoliteSession, SourceError, SourceSkipped
 from loretune.multimodal.images import check_image
@@ -35,10 +35,12 @@ def srv(server):
     server.clear_faults()
 
 
-def config(srv: SampleSourcesServer, **changes) -> RedditSource:
+def config(srv: SampleSourcesServer, **changes) -> reddit.RedditSettings:
+    """The settings the ingest task gives Reddit for this config section."""
     urls = sample_reddit.overrides(srv.base_url)
-    return RedditSource(oauth_url=urls["sources.reddit.oauth_url"],
-                        reddit_url=urls["sources.reddit.reddit_url"], **changes)
+    section = RedditSource(oauth_url=urls["sources.reddit.oauth_url"], reddit_url=urls["sources.reddit.reddit_url"],
+                           **changes)
+    return sources.settings({"reddit": section.model_dump()})["reddit"]
 
 
 def crawl(srv, cfg=None, env=ENV, **kwargs):

@@ -8,7 +8,12 @@ from loretune.config import HttpConfig, SourcesConfig
 from loretune.ingest import sources
 from loretune.ingest.documents import Document
 
-HTTP = HttpConfig(max_retries=0, min_interval_s=0.0)
+HTTP = HttpConfig(max_retries=0, min_interval_s=0.0).model_dump()
+
+
+def sources_settings(values: dict) -> dict:
+    """Each source's settings, translated from a validated config section as the ingest task does."""
+    return sources.settings(SourcesConfig.model_validate(values).model_dump())
 
 
 def doc(source: str, id_: str) -> Document:
@@ -19,7 +24,7 @@ def doc(source: str, id_: str) -> Document:
 def test_when_every_source_fails_the_run_fails_with_each_reason(samples, monkeypatch):
     previous = [doc("fandom", "1"), doc("fandom", "2")]
     monkeypatch.setattr(sources.fandom, "crawl", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
-    cfg = SourcesConfig.model_validate({"fandom": {"api_url": f"{samples.base_url}/fandom/api.php"},
+    cfg = sources_settings({"fandom": {"api_url": f"{samples.base_url}/fandom/api.php"},
                                         "reddit": {"enabled": False}, "youtube": {"enabled": False},
                                         "sportskeeda": {"enabled": False}})
     with pytest.raises(sources.AllSourcesFailed, match="fandom: RuntimeError: boom"):
@@ -38,15 +43,16 @@ def test_failed_source_documents_are_carried_forward_while_others_refresh(sample
         return real_crawl(*args, **kwargs)
 
     monkeypatch.setattr(sources.fandom, "crawl", flaky)
-    cfg = SourcesConfig.model_validate({"fandom": {"api_url": f"{samples.base_url}/fandom/api.php"},
+    cfg = sources_settings({"fandom": {"api_url": f"{samples.base_url}/fandom/api.php"},
                                         "reddit": {"enabled": False}, "youtube": {"enabled": False},
                                         "sportskeeda": {"enabled": False}})
     lines = []
     runners = {"fandom": sources.RUNNERS["fandom"], "fandom_mirror": sources.RUNNERS["fandom"]}
     reads = []
-    scope = sources.SCOPES["fandom"](cfg)
+    scope = sources.SCOPES["fandom"](cfg["fandom"])
     stored = sources.Stored(read=lambda: reads.append(1) or previous, scopes={"fandom": scope}, version="v1")
-    docs, reports = sources.collect(cfg, HTTP, log=lines.append, runners=runners, previous=lambda: stored,
+    docs, reports = sources.collect({**cfg, "fandom_mirror": cfg["fandom"]}, HTTP, log=lines.append,
+                                    runners=runners, previous=lambda: stored,
                                     scopes={"fandom": sources.SCOPES["fandom"], "fandom_mirror": sources.SCOPES["fandom"]})
     assert reports["fandom"].status == "failed" and reports["fandom"].carried_forward == 2
     assert reports["fandom"].carried_from == "v1" and reports["fandom"].not_carried is None
@@ -58,7 +64,7 @@ def test_failed_source_documents_are_carried_forward_while_others_refresh(sample
 
 
 def test_a_good_run_never_reads_the_stored_corpus(samples):
-    cfg = SourcesConfig.model_validate({"fandom": {"api_url": f"{samples.base_url}/fandom/api.php"},
+    cfg = sources_settings({"fandom": {"api_url": f"{samples.base_url}/fandom/api.php"},
                                         "reddit": {"enabled": False}, "youtube": {"enabled": False},
                                         "sportskeeda": {"enabled": False}})
     def unexpected():
@@ -67,8 +73,8 @@ def test_a_good_run_never_reads_the_stored_corpus(samples):
     assert reports["fandom"].status == "ok" and len(docs) == 30
 
 
-def fandom_only(api_url: str) -> SourcesConfig:
-    return SourcesConfig.model_validate({"fandom": {"api_url": api_url}, "reddit": {"enabled": False},
+def fandom_only(api_url: str) -> dict:
+    return sources_settings({"fandom": {"api_url": api_url}, "reddit": {"enabled": False},
                                          "youtube": {"enabled": False}, "sportskeeda": {"enabled": False}})
 
 
@@ -78,8 +84,8 @@ def failing_fandom(seen: list) -> dict:
         raise RuntimeError("boom")
 
     # and a source that works, since a run where every source fails publishes nothing at all
-    return {"fandom": lambda sources_cfg, session, http, prior, log: crawl(state=prior.state, stored=prior.documents),
-            "other": lambda sources_cfg, session, http, prior, log: ([doc("other", "9")], {}, {})}
+    return {"fandom": lambda cfg, session, prior, log: crawl(state=prior.state, stored=prior.documents),
+            "other": lambda cfg, session, prior, log: ([doc("other", "9")], {}, {})}
 
 
 def test_a_failed_source_does_not_inherit_documents_from_another_scope():
@@ -87,7 +93,7 @@ def test_a_failed_source_does_not_inherit_documents_from_another_scope():
     sample = fandom_only("http://127.0.0.1:8765/fandom/api.php")
     stored = sources.Stored(states={"fandom": {"scope": "x", "since": "2026-01-01T00:00:00Z"}},
                             read=lambda: pytest.fail("read documents of another scope"),
-                            scopes={"fandom": sources.SCOPES["fandom"](sample)}, version="v1")
+                            scopes={"fandom": sources.SCOPES["fandom"](sample["fandom"])}, version="v1")
     lines, seen = [], []
     cfg = fandom_only("https://onepiece.fandom.com/api.php")
     _, reports = sources.collect(cfg, HTTP, log=lines.append, previous=lambda: stored, runners=failing_fandom(seen))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from loretune.config import SportskeedaSource
-from loretune.ingest import sportskeeda
+from loretune.ingest import sources, sportskeeda
 from loretune.ingest.documents import Document
 from loretune.ingest.http import PoliteSession, SourceError
 from loretune.ingest.sportskeeda import crawl, parse_article, sitemap_candidates
@@ -53,9 +53,11 @@ def session() -> PoliteSession:
                          max_retries=1, backoff_s=0.01, max_response_bytes=5_000_000)
 
 
-def source(base: str, **changes: object) -> SportskeedaSource:
+def source(base: str, **changes: object) -> sportskeeda.SportskeedaSettings:
+    """The settings the ingest task gives Sportskeeda for this config section."""
     settings = {key.rsplit(".", 1)[1]: value for key, value in overrides(base).items()}
-    return SportskeedaSource(**{**settings, **changes})
+    section = SportskeedaSource(**{**settings, **changes})
+    return sources.settings({"sportskeeda": section.model_dump()})["sportskeeda"]
 
 
 @pytest.fixture(scope="module")

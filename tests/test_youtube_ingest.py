@@ -8,7 +8,7 @@ import pytest
 from yt_dlp import YoutubeDL
 
 from loretune.config import YouTubeSource
-from loretune.ingest import youtube
+from loretune.ingest import sources, youtube
 from loretune.ingest.http import PoliteSession, SourceError
 from loretune.samples.server import SampleSourcesServer
 from loretune.samples.youtube import overrides
@@ -35,10 +35,12 @@ def session() -> PoliteSession:
                          max_retries=0, backoff_s=0.01, max_response_bytes=5_000_000)
 
 
-def source(server: SampleSourcesServer, videos: list[str] | None = None) -> YouTubeSource:
+def source(server: SampleSourcesServer, videos: list[str] | None = None) -> youtube.YouTubeSettings:
+    """The settings the ingest task gives YouTube for this config section."""
     settings = overrides(server.base_url)
-    return YouTubeSource(info_url=settings["sources.youtube.info_url"],
-                         videos=videos if videos is not None else settings["sources.youtube.videos"])
+    section = YouTubeSource(info_url=settings["sources.youtube.info_url"],
+                            videos=videos if videos is not None else settings["sources.youtube.videos"])
+    return sources.settings({"youtube": section.model_dump()})["youtube"]
 
 
 def crawl(server: SampleSourcesServer, videos: list[str] | None = None):
