@@ -150,7 +150,7 @@ def build_app(store: str | Path, *, system_prompt: str | None = None, hotwords: 
             gr.Warning(str(exc))
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), error(str(exc))
             return
-        settings = Decoding(temperature=float(temperature), top_p=float(top_p), max_new_tokens=int(max_new_tokens))
+        settings = Decoding.from_temperature(float(temperature), float(top_p), int(max_new_tokens))
         asked = [*history, {"role": "user", "content": question}]
         shown = [*shown, *([{"role": "user", "content": {"path": image}}] if image else []),
                  {"role": "user", "content": question}]
@@ -209,7 +209,7 @@ def build_app(store: str | Path, *, system_prompt: str | None = None, hotwords: 
             chosen = catalogue.find(model or None)
             backend = cache.get(chosen)
             messages = text_history([{"role": "user", "content": question}], system)
-            settings = Decoding(temperature=float(temperature), top_p=float(top_p), max_new_tokens=int(max_new_tokens))
+            settings = Decoding.from_temperature(float(temperature), float(top_p), int(max_new_tokens))
             return "".join(backend.stream(messages, settings))
         except ChatError as exc:
             raise gr.Error(str(exc)) from None

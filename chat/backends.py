@@ -42,8 +42,8 @@ class ImagesNotSupported(ChatError):
     """A picture was sent to a model that reads text only."""
 
 
-# What the UI starts with: greedy, and top-p 0.9 for when the temperature slider is raised.
-CHAT_DECODING = Decoding(top_p=0.9, max_new_tokens=200)
+# What the UI starts with: greedy, 200 new tokens.
+CHAT_DECODING = Decoding(max_new_tokens=200)
 
 
 @dataclass
@@ -344,13 +344,14 @@ class LlamaCppChat:
             sampling: dict[str, Any] = {"temp": 0.0}
         else:
             self.llm.set_seed(settings.seed)
-            sampling = {"temp": settings.temperature, "top_p": settings.top_p, "top_k": 0, "min_p": 0.0}
+            temperature, top_p, top_k = settings.sampling()
+            sampling = {"temp": temperature, "top_p": top_p, "top_k": top_k, "min_p": 0.0}
         self.last = generation = Generation(prompt_tokens=len(ids))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         ended = False
         started = time.monotonic()
         try:
-            for token in self.llm.generate(ids, reset=True, repeat_penalty=1.0, **sampling):
+            for token in self.llm.generate(ids, reset=True, repeat_penalty=settings.repetition_penalty, **sampling):
                 generation.tokens.append(int(token))
                 if self.is_end(token):
                     ended = True

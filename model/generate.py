@@ -5,8 +5,8 @@ decode through here, so "greedy, 48 new tokens" means the same thing in each, an
 (temperature, top-p, top-k, beams, seed) is a list of `Decoding` values.
 
 Greedy decoding ignores temperature, top-p and top-k (transformers gives bit-identical output), so
-`Decoding` makes greedy explicit (temperature 0) and hands transformers `None` for the sampling
-knobs, rather than letting a sweep over them measure nothing.
+`Decoding` refuses them without `do_sample` and hands transformers `None` for them when greedy,
+rather than letting a sweep over them measure nothing.
 """
 
 from __future__ import annotations
@@ -19,39 +19,63 @@ import torch
 
 @dataclass(frozen=True)
 class Decoding:
-    """How to choose each next token. temperature 0: greedy (argmax), the other sampling knobs unused;
-    top_k 0: no top-k cut; num_beams > 1: beam search (greedy or sampled)."""
+    """How to choose each next token: greedy (or beam search) unless `do_sample`.
 
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
+    temperature, top_p and top_k shape sampling only, and are refused without it: greedy ignores
+    them, so a sweep over them would measure nothing. top_k 0 means no top-k cut (transformers'
+    own default cuts at 50); unset sampling knobs mean temperature 1, top-p 1, no top-k."""
+
+    do_sample: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
     num_beams: int = 1
+    repetition_penalty: float = 1.0
     max_new_tokens: int = 64
     seed: int = 0  # sampling is reproducible for the same seed
 
     def __post_init__(self) -> None:
         problems = [f"{name} {value!r}: {rule}" for name, value, ok, rule in (
-            ("temperature", self.temperature, self.temperature >= 0, "must be 0 (greedy) or more"),
-            ("top_p", self.top_p, 0 < self.top_p <= 1, "must be in (0, 1]"),
-            ("top_k", self.top_k, self.top_k >= 0, "must be 0 (no cut) or more"),
+            ("temperature", self.temperature, self.temperature is None or self.temperature > 0, "must be above 0"),
+            ("top_p", self.top_p, self.top_p is None or 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("top_k", self.top_k, self.top_k is None or self.top_k >= 0, "must be 0 (no cut) or more"),
             ("num_beams", self.num_beams, self.num_beams >= 1, "must be 1 or more"),
+            ("repetition_penalty", self.repetition_penalty, self.repetition_penalty > 0, "must be above 0"),
             ("max_new_tokens", self.max_new_tokens, self.max_new_tokens >= 1, "must be 1 or more"),
         ) if not ok]
+        unused = [name for name in ("temperature", "top_p", "top_k") if getattr(self, name) is not None]
+        if unused and not self.do_sample:
+            problems.append(f"{', '.join(unused)} without do_sample: greedy decoding ignores them, so they would "
+                            "measure nothing; set do_sample: true or leave them out")
         if problems:
             raise ValueError("decoding: " + "; ".join(problems))
 
+    @classmethod
+    def from_temperature(cls, temperature: float, top_p: float, max_new_tokens: int, seed: int = 0) -> Decoding:
+        """A chat slider's settings: temperature 0 is greedy; above it, sampling with top-p alone
+        (top_k 0), as llama.cpp is run by the chat UI."""
+        if temperature <= 0:
+            return cls(max_new_tokens=max_new_tokens, seed=seed)
+        return cls(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
+                   seed=seed)
+
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        return not self.do_sample
+
+    def sampling(self) -> tuple[float, float, int]:
+        """temperature, top-p and top-k as sampling uses them (the unset ones at their neutral value)."""
+        return (1.0 if self.temperature is None else self.temperature, 1.0 if self.top_p is None else self.top_p,
+                0 if self.top_k is None else self.top_k)
 
     def transformers_kwargs(self) -> dict[str, Any]:
-        """`model.generate` arguments. top_k=0 turns transformers' default top-k (50) off, so top-p and
-        temperature alone shape sampling, as llama.cpp is run by the chat UI."""
+        """`model.generate` arguments; greedy hands transformers None for the sampling knobs."""
+        common = {"num_beams": self.num_beams, "repetition_penalty": self.repetition_penalty,
+                  "max_new_tokens": self.max_new_tokens}
         if self.greedy:
-            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None,
-                    "num_beams": self.num_beams, "max_new_tokens": self.max_new_tokens}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
-                "num_beams": self.num_beams, "max_new_tokens": self.max_new_tokens}
+            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None, **common}
+        temperature, top_p, top_k = self.sampling()
+        return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k, **common}
 
 
 @torch.no_grad()

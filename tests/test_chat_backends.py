@@ -80,11 +80,11 @@ def test_the_token_limit_and_seeded_sampling(transformers_chat, llama_chat):
         reply(backend, messages, Decoding(max_new_tokens=8))
         assert backend.last.finish_reason == "length" and len(backend.last.tokens) == 8
 
-    sampled = Decoding(temperature=0.9, top_p=0.95, max_new_tokens=24, seed=7)
+    sampled = Decoding(do_sample=True, temperature=0.9, top_p=0.95, max_new_tokens=24, seed=7)
     first = reply(llama_chat, messages, sampled)
     assert reply(llama_chat, messages, sampled) == first, "the same seed must sample the same reply"
     greedy = reply(llama_chat, messages, Decoding(max_new_tokens=24))
-    others = {reply(llama_chat, messages, Decoding(temperature=0.9, top_p=0.95, max_new_tokens=24, seed=s))
+    others = {reply(llama_chat, messages, Decoding(do_sample=True, temperature=0.9, top_p=0.95, max_new_tokens=24, seed=s))
               for s in (1, 2, 3)}
     assert others | {first} != {greedy}, "sampling at temperature 0.9 never left the greedy path"
 

@@ -88,3 +88,18 @@ def test_batched_greedy_generation_equals_one_at_a_time_token_for_token(tmp_path
     one_by_one = [generate(model, decoding, input_ids=p, eos_ids=eos, pad_id=pad) for p in prompts]
     one_by_one = [ids[:next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))] for ids in one_by_one]
     assert generate_batch(model, decoding, prompts, eos_ids=eos, pad_id=pad, batch_size=3) == one_by_one
+
+
+def test_decoding_refuses_sampling_knobs_without_sampling_and_says_why():
+    from loretune.model.generate import Decoding
+
+    with pytest.raises(ValueError, match="temperature, top_k without do_sample: greedy decoding ignores them"):
+        Decoding(temperature=0.7, top_k=8)
+    with pytest.raises(ValueError, match=r"top_p 1\.5: must be in \(0, 1\].*num_beams 0: must be 1 or more"):
+        Decoding(do_sample=True, top_p=1.5, num_beams=0)
+    greedy = Decoding(num_beams=4).transformers_kwargs()
+    assert greedy["do_sample"] is False and greedy["temperature"] is None and greedy["num_beams"] == 4
+    sampled = Decoding(do_sample=True, temperature=0.7, top_p=0.9).transformers_kwargs()
+    assert (sampled["temperature"], sampled["top_p"], sampled["top_k"]) == (0.7, 0.9, 0), "no hidden top-k 50"
+    assert Decoding.from_temperature(0.0, 0.9, 32) == Decoding(max_new_tokens=32)
+    assert Decoding.from_temperature(0.8, 0.9, 32).sampling() == (0.8, 0.9, 0)
