@@ -42,7 +42,7 @@ def locate(module: str) -> Path | None:
     return Path(spec.origin)
 
 
-def _is_package(module: str, find: Locate) -> bool:
+def is_package(module: str, find: Locate = locate) -> bool:
     path = find(module)
     return path is not None and path.name == "__init__.py"
 
@@ -75,7 +75,7 @@ def all_imports(module: str, find: Locate = locate) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = _absolute(node.module or "", node.level, package)
             found.add(base)
-            if is_project(base) and _is_package(base, find):  # `from pkg import name`: a submodule?
+            if is_project(base) and is_package(base, find):  # `from pkg import name`: a submodule?
                 found.update(sub for alias in node.names if alias.name != "*"
                              and find(sub := f"{base}.{alias.name}") is not None)
     external = {name for name in found if not is_project(name)}
@@ -121,11 +121,6 @@ def stage_modules(task_module: str, find: Locate = locate) -> set[str]:
     """
     roots = {m for m in direct_imports(task_module, find) if m not in BOOKKEEPING and m != ROOT}
     return closure(roots, find, follow=lambda m: not in_prefect_layer(m))
-
-
-def graph(modules: Iterable[str], find: Locate = locate) -> dict[str, set[str]]:
-    """`module -> the project modules it imports` for `modules` and everything they reach."""
-    return {m: direct_imports(m, find) for m in closure(modules, find)}
 
 
 def modules_in(package: str, find: Locate = locate) -> set[str]:

@@ -60,17 +60,12 @@ def violations(find: import_graph.Locate = import_graph.locate) -> list[str]:
     """Every (module, forbidden import) pair in the tree `find` reads, as readable lines."""
     found = []
     for owner, (forbidden, why) in CONTRACTS.items():
-        owners = import_graph.modules_in(owner, find) if _is_package(owner, find) else {owner}
+        owners = import_graph.modules_in(owner, find) if import_graph.is_package(owner, find) else {owner}
         for module in sorted(owners):
             for target in sorted(import_graph.all_imports(module, find)):
                 if any(within(target, f) for f in forbidden):
                     found.append(f"{module} imports {target}: {why}")
     return found
-
-
-def _is_package(module: str, find: import_graph.Locate) -> bool:
-    path = find(module)
-    return path is not None and path.name == "__init__.py"
 
 
 def tree_locator(root: Path) -> import_graph.Locate:
@@ -132,9 +127,9 @@ def test_every_layer_contract_holds():
 
 
 def test_the_contracts_cover_every_project_package():
-    packages = {m for m in import_graph.modules_in("loretune") if _is_package(m, import_graph.locate)}
+    packages = {m for m in import_graph.modules_in("loretune") if import_graph.is_package(m)}
     for stage in STAGES:
-        packages |= {m for m in import_graph.modules_in(f"loretune.{stage}") if _is_package(m, import_graph.locate)}
+        packages |= {m for m in import_graph.modules_in(f"loretune.{stage}") if import_graph.is_package(m)}
     uncovered = {p for p in packages if not any(within(p, owner) for owner in CONTRACTS)}
     assert uncovered == {"loretune"}, f"packages no contract speaks for: {sorted(uncovered - {'loretune'})}"
     assert set(STAGES) <= {owner.removeprefix("loretune.") for owner in CONTRACTS}
