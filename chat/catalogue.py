@@ -11,12 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loretune.evaluation.table import score_label, table_score
-from loretune.export.layout import (
-    EXPORT_FILE,
-    MERGED_DIR,
-    PROJECTOR_DIR,
-    PROJECTOR_WEIGHTS,
-)
+from loretune.export.layout import EXPORT_FILE, MERGED_DIR, PROJECTOR_DIR, PROJECTOR_WEIGHTS
 from loretune.store import ArtifactStore
 
 

@@ -13,13 +13,7 @@ import json
 import threading
 from pathlib import Path
 
-from loretune.chat.backends import (
-    ChatBackend,
-    ChatError,
-    LlamaCppChat,
-    ModelUnavailable,
-    TransformersChat,
-)
+from loretune.chat.backends import ChatBackend, ChatError, LlamaCppChat, ModelUnavailable, TransformersChat
 from loretune.chat.catalogue import ServableModel, list_models
 from loretune.export.layout import EXPORT_FILE, MERGED_DIR
 

@@ -25,10 +25,7 @@ from datasets import Dataset, DatasetDict
 
 from loretune.dataset import builders, card, dedup, evalsets, mix
 from loretune.dataset.builders import (  # noqa: F401  (the phrasings, for tests and callers)
-    TRAIN_FACT_TEMPLATES,
-    TRAIN_IMAGE_TEMPLATES,
-    chunk_prose,
-)
+    TRAIN_FACT_TEMPLATES, TRAIN_IMAGE_TEMPLATES, chunk_prose)
 from loretune.dataset.layout import BUILD_REPORT, EVAL_DIR, SFT_DIR
 
 SKIP_FIELDS = {"name", "image", "caption", "title"}

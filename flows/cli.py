@@ -172,12 +172,7 @@ def report(flow_run: str = typer.Option(..., "--flow-run", help="flow run id")) 
     """The stage versions and per-checkpoint evaluation table of a finetune flow run."""
     from loretune.flows.stages import read_ledger
     from loretune.store import ArtifactRef
-    from loretune.tasks.evaluation import (
-        read_baselines,
-        read_before_after,
-        read_promotion,
-        read_table,
-    )
+    from loretune.tasks.evaluation import read_baselines, read_before_after, read_promotion, read_table
 
     ledger = read_ledger(flow_run)
     stages = {row["stage"]: row for row in ledger}

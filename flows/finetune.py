@@ -8,13 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed
 
 from loretune.export.convert import converter_version
-from loretune.flows.stages import (
-    preflight,
-    prepare_data,
-    publish_ledger,
-    resolve_config,
-    run_stage,
-)
+from loretune.flows.stages import preflight, prepare_data, publish_ledger, resolve_config, run_stage
 from loretune.model.base_models import TINY
 from loretune.tasks.evaluation import (
     evaluate_checkpoints,

@@ -78,11 +78,7 @@ def publish_ledger(key: str, ledger: dict[str, dict[str, str]], store: str) -> N
 def read_ledger(flow_run_id: str) -> list[dict[str, str]]:
     """The stage table a flow run published, from the Prefect API."""
     from prefect import get_client
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterFlowRunId,
-        ArtifactFilterType,
-    )
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
     from prefect.utilities.asyncutils import run_coro_as_sync
 
     async def fetch() -> list[Any]:

@@ -25,7 +25,6 @@ from loretune.tasks.model import base_model_location
 from loretune.tasks.stage import StageCache, announce_png, publish_stage
 
 EVALUATION = StageCache(stage="evaluation", code=stage_code_version(__name__))
-TABLE = TABLE_FILE
 BASELINES = "baselines.json"
 PER_ITEM = "per_item.jsonl"
 PLOT = "accuracy.png"
@@ -48,7 +47,7 @@ def evaluate_checkpoints(store: str, domain: str, checkpoints: ArtifactRef, data
             features=read_features(features.local_path() / "features.parquet"),
             batch_size=params.batch_size, max_length=max_length, attn_implementation=attn_implementation,
             log=logger.info)
-        pd.DataFrame(result.table, columns=binary_choice.TABLE_COLUMNS).to_csv(out / TABLE, index=False)
+        pd.DataFrame(result.table, columns=binary_choice.TABLE_COLUMNS).to_csv(out / TABLE_FILE, index=False)
         (out / BASELINES).write_text(json.dumps(baselines, indent=2, sort_keys=True))
         (out / PER_ITEM).write_text("".join(json.dumps(r) + "\n" for r in result.per_item))
         binary_choice.plot(result.table, baselines, out / PLOT, title=f"{domain}: accuracy per checkpoint, per set")
@@ -80,7 +79,7 @@ def evaluate_checkpoints(store: str, domain: str, checkpoints: ArtifactRef, data
 
 
 def read_table(ref: ArtifactRef) -> list[dict]:
-    return pd.read_csv(ref.local_path() / TABLE).astype(object).where(lambda d: d.notna(), None).to_dict("records")
+    return pd.read_csv(ref.local_path() / TABLE_FILE).astype(object).where(lambda d: d.notna(), None).to_dict("records")
 
 
 def read_baselines(ref: ArtifactRef) -> dict[str, dict[str, dict[str, float]]]:

@@ -8,8 +8,8 @@ import shutil
 import time
 
 import pytest
-
 from chat_fixtures import LORE_QUESTIONS, speak, word_error_rate, word_errors
+
 from loretune.chat.backends import ChatError
 from loretune.chat.speech import SpeechUnavailable, Transcriber
 

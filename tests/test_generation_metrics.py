@@ -70,8 +70,8 @@ def test_batched_greedy_generation_equals_one_at_a_time_token_for_token(tmp_path
     import torch
 
     from loretune.model.generate import Decoding, generate, generate_batch
-    from loretune.model.tiny_model import build_and_save
     from loretune.model.loading import load_base
+    from loretune.model.tiny_model import build_and_save
 
     texts = ["Naruto Uzumaki is from Konohagakure.", "Gaara is the Kazekage of Sunagakure.",
              "Kakashi Hatake taught Team 7.", "The Rasengan is a spinning ball of chakra."] * 20

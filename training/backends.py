@@ -22,12 +22,7 @@ from typing import Callable
 
 import torch
 
-from loretune.model.loading import (
-    BackendUnavailable,
-    check_4bit,
-    default_device,
-    model_dtype,
-)
+from loretune.model.loading import BackendUnavailable, check_4bit, default_device, model_dtype
 
 
 def unsloth_installed() -> bool:

@@ -24,21 +24,10 @@ from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
 from loretune.model.chat_format import IGNORE, ChatFormat, add_image_token, encode_chat
-from loretune.model.checkpoints import (
-    COMPLETE_MARKER,
-    MULTIMODAL_FILE,
-    Checkpoint,
-    list_checkpoints,
-)
+from loretune.model.checkpoints import COMPLETE_MARKER, MULTIMODAL_FILE, Checkpoint, list_checkpoints
 from loretune.model.collator import FusionCollator
 from loretune.model.loading import default_device, load_base
-from loretune.multimodal.fusion import (
-    PROJECTOR_NAME,
-    attach_projector,
-    feature_stats,
-    fuse,
-    projector_parameters,
-)
+from loretune.multimodal.fusion import PROJECTOR_NAME, attach_projector, feature_stats, fuse, projector_parameters
 from loretune.training.backends import resolve_backend
 from loretune.training.recipe import Recipe
 
@@ -167,9 +156,7 @@ def prepare_model(base_model: str, cfg: Recipe, backend: str, load_in_4bit: bool
                   clip_dim: int, image_tokens: int, stats: dict[str, Any], scratch: Path) -> tuple[Any, Any, Any]:
     """Tokenizer, the LoRA-wrapped model with the image projector trainable, and the projector."""
     if backend == "unsloth":
-        from loretune.training import (
-            unsloth_lora,  # the worker process imported unsloth first
-        )
+        from loretune.training import unsloth_lora  # the worker process imported unsloth first
 
         tokenizer, model = unsloth_lora.load(base_model, cfg, load_in_4bit, view=scratch / "unsloth_model")
     else:

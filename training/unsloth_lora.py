@@ -25,9 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from unsloth import (
-    FastLanguageModel,  # first: this module is imported only where unsloth may patch
-)
+from unsloth import FastLanguageModel  # first: this module is imported only where unsloth may patch
 
 from loretune.training.recipe import Recipe
 
