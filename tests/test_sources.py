@@ -126,3 +126,17 @@ def test_the_same_scope_gets_its_state_and_documents_back():
     _, reports = sources.collect(cfg, HTTP, log=lambda m: None, previous=lambda: stored, runners=failing_fandom(seen))
     assert seen[0]["state"] == state and [d.id for d in seen[0]["stored"]()] == ["1"]
     assert reports["fandom"].carried_forward == 1 and reports["fandom"].carried_from == "v1"
+
+
+def test_source_settings_are_plain_values_and_a_key_nobody_takes_is_refused():
+    """The task's translation: tuples for lists, the task-only credentials block left out, and a
+    section key the reader neither takes nor names as task-only refused rather than dropped."""
+    from loretune.config import RedditSource
+    from loretune.settings import from_values
+
+    reddit_settings = sources.settings({"reddit": RedditSource(credentials_block="reddit-app").model_dump()})["reddit"]
+    assert reddit_settings.subreddits == ("Naruto",) and not hasattr(reddit_settings, "credentials_block")
+    hash(reddit_settings)  # frozen and hashable: nothing downstream can change what the task decided
+    with pytest.raises(TypeError, match="RedditSettings takes no subredits"):
+        from_values(sources.reddit.RedditSettings, {**RedditSource().model_dump(), "subredits": ["x"]},
+                    ignore=("credentials_block",))

@@ -7,9 +7,10 @@ unsloth worker process without the config module.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+from loretune.settings import from_values
 
 
 @dataclass(frozen=True)
@@ -42,14 +43,8 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Recipe:
-        """From the config's dump (or `as_dict`'s output); an unknown key is an error, not ignored."""
+        """From the config's dump (or `dataclasses.asdict`'s, read back from JSON): lists become
+        tuples, and a key the recipe does not take is an error (`loretune.settings.from_values`)."""
         values = dict(values)
-        lora = dict(values.pop("lora", {}))
-        lora = {k: tuple(v) if isinstance(v, list) else v for k, v in lora.items()}
-        return cls(**values, lora=LoraSpec(**lora))
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready (tuples as lists), for the unsloth worker's request file."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
-                } | {"lora": {k: (list(v) if isinstance(v, tuple) else v)
-                              for k, v in dataclasses.asdict(self.lora).items()}}
+        lora = from_values(LoraSpec, values.pop("lora", {}))
+        return from_values(cls, {**values, "lora": lora})

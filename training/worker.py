@@ -14,6 +14,7 @@ error's last line, which the caller raises as `TrainingFailed`, with the tail of
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -54,7 +55,7 @@ def write_request(output_dir: Path, *, backend: str, features: dict[str, Any], c
     np.savez(output_dir / FEATURES_FILE, **{sha: np.asarray(v, dtype=np.float32) for sha, v in features.items()})
     # Absolute paths: the worker runs in the run folder, not in the caller's working directory.
     folders = {k: str(Path(kwargs.pop(k)).resolve()) for k in ("dataset_dir", "base_model")}
-    request = {"backend": backend, "cfg": cfg.as_dict(), **folders, **kwargs}
+    request = {"backend": backend, "cfg": dataclasses.asdict(cfg), **folders, **kwargs}
     path = output_dir / REQUEST_FILE
     path.write_text(json.dumps(request, indent=2))
     return path
