@@ -95,19 +95,22 @@ def build_app(store: str | Path, *, system_prompt: str | None = None, hotwords: 
         model = catalogue.find(label)
         return model, cache.get(model)
 
-    def select_model(label: str | None) -> Iterator[str]:
-        """Load the chosen model; the line under the dropdown says what it can do, or what is wrong."""
+    def select_model(label: str | None) -> Iterator[tuple[str, Any, Any]]:
+        """Load the chosen model; the line under the dropdown says what it can do, or what is wrong,
+        and the decoding sliders move to the evaluation's recommendation for it."""
         if not label:
-            yield note(catalogue.empty_message()) if not labels else "Pick a model."
+            yield (note(catalogue.empty_message()) if not labels else "Pick a model."), gr.update(), gr.update()
             return
-        yield f"Loading {label} …"
+        yield f"Loading {label} …", gr.update(), gr.update()
         try:
             model, backend = load(label)
         except ChatError as exc:
             gr.Warning(str(exc))
-            yield error(str(exc))
+            yield error(str(exc)), gr.update(), gr.update()
             return
-        yield model_status(model, backend)
+        temperature, top_p, why = model.starting_settings()
+        yield (model_status(model, backend) + (f" {why}" if why else ""), gr.update(value=temperature),
+               gr.update(value=top_p))
 
     def refresh(label: str | None) -> tuple[Any, str]:
         try:
@@ -255,8 +258,8 @@ def build_app(store: str | Path, *, system_prompt: str | None = None, hotwords: 
         common = {"concurrency_id": MODEL_EVENTS, "concurrency_limit": 1}
         # The chosen model loads when the page opens and on every change, and the line under the
         # dropdown says what it is (engine, pictures or not) or why it cannot be used.
-        app.load(select_model, chooser, model_info, api_visibility="private", **common)
-        chooser.change(select_model, chooser, model_info, api_visibility="private", **common)
+        app.load(select_model, chooser, [model_info, temperature, top_p], api_visibility="private", **common)
+        chooser.change(select_model, chooser, [model_info, temperature, top_p], api_visibility="private", **common)
         reload.click(refresh, chooser, [chooser, status], api_visibility="private")
         picture.upload(picture_added, [picture, chooser], status, api_visibility="private")
         question.submit(respond, respond_inputs, respond_outputs, api_visibility="private", **common)

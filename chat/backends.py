@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
-from loretune.model.generate import Decoding
+from loretune.model.generate import Decoding, stop_ids
 
 Message = dict[str, str]
 
@@ -127,7 +127,7 @@ class TransformersChat:
                                    f"{type(exc).__name__}: {exc}") from exc
         self.model.eval()
         self.format = ChatFormat.load(self.folder)
-        self.eos_ids = _eos_ids(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
+        self.eos_ids = stop_ids(self.model, self.tokenizer)
         self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
         self.images = None
         if projector is not None:
@@ -236,16 +236,6 @@ def _recording_streamer_class() -> type:
             super().put(value)
 
     return RecordingStreamer
-
-
-def _eos_ids(*values: int | list[int] | None) -> set[int]:
-    ids: set[int] = set()
-    for value in values:
-        if isinstance(value, int):
-            ids.add(value)
-        elif value:
-            ids.update(int(v) for v in value)
-    return ids
 
 
 def _finish_reason(tokens: list[int], eos_ids: set[int], max_new_tokens: int) -> str:

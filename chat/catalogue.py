@@ -29,10 +29,26 @@ class ServableModel:
     projector: Path | None
     created_at: str
     score: str
+    decoding: dict | None = None  # the evaluation's recommended decoding point for an export
 
     @property
     def accepts_images(self) -> bool:
         return self.projector is not None
+
+    def starting_settings(self) -> tuple[float, float, str]:
+        """The chat's temperature and top-p to start with, and a note: the recommended point's when
+        the evaluation named one (greedy: temperature 0), else greedy. The chat streams one answer,
+        so a recommended beam search starts greedy and says so."""
+        point = self.decoding
+        if not point:
+            return 0.0, 0.9, ""
+        if point.get("do_sample"):
+            return (float(point.get("temperature") or 1.0), float(point.get("top_p") or 1.0),
+                    f"Decoding starts at the evaluation's recommendation, {point['name']}.")
+        if int(point.get("num_beams") or 1) > 1:
+            return 0.0, 0.9, (f"The evaluation recommends {point['name']} (beam search); the chat streams one "
+                              "answer, so it decodes greedily.")
+        return 0.0, 0.9, f"Decoding starts at the evaluation's recommendation, {point['name']}."
 
 
 def list_models(store_root: str | Path) -> list[ServableModel]:
@@ -57,10 +73,12 @@ def list_models(store_root: str | Path) -> list[ServableModel]:
         projector = folder / PROJECTOR_DIR if (folder / PROJECTOR_DIR / PROJECTOR_WEIGHTS).exists() else None
         if (folder / MERGED_DIR).is_dir():
             found.append(ServableModel(f"{name} · merged (transformers) · {score} · {when}", "merged",
-                                       folder / MERGED_DIR, projector, manifest["created_at"], score))
+                                       folder / MERGED_DIR, projector, manifest["created_at"], score,
+                                       info.get("decoding")))
         for quant, entry in sorted(info.get("gguf", {}).items()):
             found.append(ServableModel(f"{name} · GGUF {quant} (llama.cpp) · {score} · {when}", "gguf",
-                                       folder / entry["file"], None, manifest["created_at"], score))
+                                       folder / entry["file"], None, manifest["created_at"], score,
+                                       info.get("decoding")))
     for manifest in reversed(store.versions("evaluation")):  # bases never exported: their step 0
         base_ref = manifest.get("inputs", {}).get("base", "").replace("@", "/")
         if base_ref and base_ref not in base_scores:

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Literal, Sequence
 
 from datasets import Dataset, DatasetDict
 
-from loretune.dataset import builders, card, dedup, evalsets, mix
+from loretune.dataset import builders, card, dedup, evalsets, mix, opensets
 from loretune.dataset.builders import (  # noqa: F401  (the phrasings, for tests and callers)
     TRAIN_FACT_TEMPLATES, TRAIN_IMAGE_TEMPLATES, chunk_prose)
 from loretune.dataset.layout import BUILD_REPORT, EVAL_DIR, SFT_DIR
@@ -56,6 +56,7 @@ class BuildReport:
     validation: int = 0
     eval_questions: int = 0
     eval_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    open_sets: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> items, dropped as not taught
     control: str = "none"
     dropped_exact: int = 0
     dropped_near_duplicate: int = 0
@@ -174,6 +175,24 @@ def build_eval_sets(pages: Sequence[LorePage], lore_texts: Iterable[str], offere
     return sets
 
 
+def build_open_sets(pages: Sequence[LorePage], lore_texts: Sequence[str], offered_prompts: Iterable[str], seed: int,
+                    threshold: float, report: BuildReport) -> dict[str, list[dict[str, Any]]]:
+    """`facts_open` and `prose_open` (`dataset/opensets.py`): decontaminated like the binary sets,
+    and kept only where training teaches the answer."""
+    built = {"facts_open": opensets.facts_open_set(pages),
+             "prose_open": opensets.prose_open_set(pages, random.Random(f"{seed}:prose_open"))}
+    prompts, training_text = set(offered_prompts), "\n".join(lore_texts)
+    sets = {}
+    for name, items in built.items():
+        before = report.dropped_exact + report.dropped_near_duplicate
+        items, not_taught = opensets.taught(decontaminate(items, prompts, threshold, report), training_text)
+        report.open_sets[name] = {"items": len(items), "not_taught": not_taught,
+                                  "leaked": report.dropped_exact + report.dropped_near_duplicate - before,
+                                  "pages": len({i["doc_id"] for i in items}), "fields": len({i["field"] for i in items})}
+        sets[name] = items
+    return sets
+
+
 def decontaminate(
     questions: list[dict[str, Any]], train_prompts: Iterable[str], threshold: float, report: BuildReport
 ) -> list[dict[str, Any]]:
@@ -270,6 +289,7 @@ def build_dataset(
     lore_texts = [m["content"] for r in lore for m in r["messages"]]
     offered_prompts = {r["messages"][1]["content"] for r in lore + mixed_rows}
     sets = build_eval_sets(pages, lore_texts, offered_prompts, seed, near_duplicate_threshold, report)
+    sets.update(build_open_sets(pages, lore_texts, offered_prompts, seed, near_duplicate_threshold, report))
     by_doc = {page.doc_id: page.provenance for page in pages}
     sets = {name: [{**item, **{k: by_doc.get(item.get("doc_id"), {}).get(k, "") for k in PROVENANCE}} for item in items]
             for name, items in sets.items()}

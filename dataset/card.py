@@ -67,6 +67,16 @@ def dataset_card(domain: str, pages: Sequence[Any], report: Any, mixed: Sequence
                             for b in _baseline_names(report))
         lines.append(f"| {name} | {info['items']} | {', '.join(f'{k} {v}' for k, v in sorted(sources.items()))} "
                      f"| {values} |")
+    if getattr(report, "open_sets", None):
+        lines += ["", "## Open-question sets", "",
+                  "Questions answered in words and scored against a reference (`dataset/opensets.py`): `facts_open` "
+                  "asks an infobox field in a wording no training example uses, `prose_open` asks how the page's "
+                  "subject relates to a name that one sentence of its prose mentions. Every answer is in the "
+                  "training text; no question is.", "",
+                  "| set | items | pages | fields or names | leaked (dropped) | answer not taught (dropped) |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {info['items']} | {info['pages']} | {info['fields']} | {info['leaked']} "
+                  f"| {info['not_taught']} |" for name, info in report.open_sets.items()]
     if control := getattr(report, "control", "none"):
         if control != "none":
             lines += ["", f"**Control experiment `{control}`:** training does not teach the true facts."]

@@ -341,13 +341,13 @@ def read_set(path: Path, allow_empty: bool = False) -> list[dict[str, Any]]:
         raise EvalSetError(f"{path}: evaluation set file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise EvalSetError(f"{path}: cannot read the evaluation set ({exc})") from None
-    raw = _parse(path, text)
+    raw = parse_items(path, text)
     if not raw and not allow_empty:
         raise EvalSetError(f"{path}: the evaluation set has no items")
     return [_validate(path, i, item) for i, item in enumerate(raw, start=1)]
 
 
-def _parse(path: Path, text: str) -> list[Any]:
+def parse_items(path: Path, text: str) -> list[Any]:
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:

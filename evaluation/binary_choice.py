@@ -16,22 +16,19 @@ Unlike lm-eval, an item whose longest choice does not fit `max_length` is droppe
 rather than left-truncated, so a truncated choice is never scored.
 
 The base model is loaded once; each checkpoint is a PEFT adapter switched in by name, and step 0
-is the same model with adapters disabled (the projector then is its seeded initial state, exactly
-what training started from).
+is the same model with adapters disabled (`model/checkpoints.py`: `load_adapters`, `at_step`).
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from peft import PeftModel
 
 from loretune.model.chat_format import IGNORE, ChatFormat, question_messages
-from loretune.model.checkpoints import Checkpoint, eval_losses, load_for_checkpoints
+from loretune.model.checkpoints import Checkpoint, at_step, eval_losses, load_adapters
 from loretune.model.collator import FusionCollator
 from loretune.model.scoring import loglikelihoods
 from loretune.stats import mcnemar_p, mean_stderr, paired_difference
@@ -170,12 +167,8 @@ def evaluate_checkpoints(
     """One table row per (checkpoint, set), step 0 included; and every item's scores."""
     if not checkpoints:
         raise ValueError("no checkpoints to evaluate")
-    loaded = load_for_checkpoints(base_model, checkpoints[0].path.parent, attn_implementation)
-    tokenizer, model, fmt, spec, device = loaded.tokenizer, loaded.model, loaded.fmt, loaded.spec, loaded.device
-    model = PeftModel.from_pretrained(model, str(checkpoints[0].path), adapter_name=_name(checkpoints[0]))
-    for checkpoint in checkpoints[1:]:
-        model.load_adapter(str(checkpoint.path), adapter_name=_name(checkpoint))
-    model.eval()
+    loaded, model = load_adapters(base_model, checkpoints, attn_implementation)
+    tokenizer, fmt, spec, device = loaded.tokenizer, loaded.fmt, loaded.spec, loaded.device
 
     requests = {name: build_requests(items, tokenizer, system, max_length, fmt, features, spec["image_tokens"])
                 for name, items in sets.items()}
@@ -186,13 +179,8 @@ def evaluate_checkpoints(
     losses = eval_losses(checkpoints[-1].path)
     table, per_item, base = [], [], {}
     for step, checkpoint in [(0, None), *[(c.step, c) for c in checkpoints]]:
-        if checkpoint is None:
-            context = model.disable_adapter()
-        else:
-            model.set_adapter(_name(checkpoint))
-            context = nullcontext()
         label = checkpoint.path.name if checkpoint else "base"
-        with context:
+        with at_step(model, checkpoint):
             scored = score_sets(model, requests, sets, collator, batch_size, device)
             for name, scores in scored.items():
                 base.setdefault(name, scores)
@@ -203,10 +191,6 @@ def evaluate_checkpoints(
         shown = ", ".join(f"{r['set']} {r['acc']:.3f}" for r in table if r["step"] == step and r["acc"] is not None)
         log(f"evaluate: step {step}: acc {shown}")
     return Evaluation(table, per_item)
-
-
-def _name(checkpoint: Checkpoint) -> str:
-    return f"step-{checkpoint.step}"
 
 
 def plot(table: list[dict[str, Any]], baselines: dict[str, dict[str, dict[str, float]]], path: Path,

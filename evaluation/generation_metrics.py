@@ -23,7 +23,7 @@ import functools
 import importlib.metadata
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,32 +73,40 @@ def rouge_f1(answers: Sequence[str], references: Sequence[str]) -> dict[str, lis
     return {name: [s[name].fmeasure for s in scores] for name in ("rouge1", "rouge2", "rougeL")}
 
 
-def corpus_bleu(answers: Sequence[str], references: Sequence[str]) -> float:
-    """sacrebleu's corpus BLEU, exponential smoothing and effective order, on a 0-1 scale."""
+def _bleu() -> object:
     from sacrebleu.metrics import BLEU
 
-    return BLEU(smooth_method="exp", effective_order=True).corpus_score(list(answers), [list(references)]).score / 100
+    return BLEU(smooth_method="exp", effective_order=True)
+
+
+def _chrf() -> object:
+    from sacrebleu.metrics import CHRF
+
+    return CHRF()
+
+
+def corpus_bleu(answers: Sequence[str], references: Sequence[str]) -> float:
+    """sacrebleu's corpus BLEU, exponential smoothing and effective order, on a 0-1 scale."""
+    return _bleu().corpus_score(list(answers), [list(references)]).score / 100
 
 
 def corpus_chrf(answers: Sequence[str], references: Sequence[str]) -> float:
     """sacrebleu's corpus chrF (character 6-grams, beta 2), on a 0-1 scale."""
-    from sacrebleu.metrics import CHRF
-
-    return CHRF().corpus_score(list(answers), [list(references)]).score / 100
+    return _chrf().corpus_score(list(answers), [list(references)]).score / 100
 
 
-def bootstrap_stderr(answers: Sequence[str], references: Sequence[str],
-                     corpus_metric: Callable[[Sequence[str], Sequence[str]], float], seed: int = 0,
+def bootstrap_stderr(answers: Sequence[str], references: Sequence[str], metric: object, seed: int = 0,
                      resamples: int = BOOTSTRAP_RESAMPLES) -> float:
-    """Standard error of a corpus-level metric: its spread over item resamples (seeded)."""
+    """Standard error of a corpus-level sacrebleu metric: its spread over item resamples (seeded).
+
+    Done as sacrebleu's own paired bootstrap (`sacrebleu.significance`) does it: each item's
+    sufficient statistics once, then every resample is a sum of rows, not a re-tokenisation."""
     n = len(answers)
     if n < 2:
         return float("nan")
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(resamples):
-        picked = rng.integers(0, n, n)
-        values.append(corpus_metric([answers[i] for i in picked], [references[i] for i in picked]))
+    stats = np.array(metric._extract_corpus_statistics(list(answers), [list(references)]))
+    picks = np.random.default_rng(seed).integers(0, n, (resamples, n))
+    values = [metric._compute_score_from_stats(list(stats[p].sum(0))).score / 100 for p in picks]
     return float(np.std(values, ddof=1))
 
 
@@ -129,21 +137,47 @@ def bertscore_f1(answers: Sequence[str], references: Sequence[str], model_dir: P
     return [float(v) for v in f1]
 
 
+PER_ITEM_METRICS = ("answer_match", "rouge1", "rouge2", "rougeL", "bertscore_f1")
+
+
+def per_item_scores(answers: Sequence[str], references: Sequence[str], accepted: Sequence[Sequence[str]],
+                    bertscore_model: Path | None = None, with_bertscore: bool = True) -> dict[str, list[float | None]]:
+    """Every per-item metric, item by item (what a paired comparison with step 0 needs).
+    `answer_match` is None for an item with nothing to match (a prose item: its reference is a
+    sentence, which no answer contains word for word)."""
+    if not (len(answers) == len(references) == len(accepted)):
+        raise ValueError(f"score_answers: {len(answers)} answers, {len(references)} references, "
+                         f"{len(accepted)} accepted lists")
+    if not answers:
+        return {}
+    scores: dict[str, list[float | None]] = {
+        "answer_match": [float(answer_match(a, ok)) if ok else None for a, ok in zip(answers, accepted)],
+        **rouge_f1(answers, references)}
+    if with_bertscore:
+        scores["bertscore_f1"] = list(bertscore_f1(answers, references, bertscore_model))
+    return scores
+
+
+def aggregate(per_item: dict[str, list[float | None]], answers: Sequence[str], references: Sequence[str],
+              seed: int = 0) -> dict[str, Score]:
+    """Per-item metrics averaged (over the items that have them), corpus BLEU and chrF computed, each
+    with its standard error."""
+    scores = {}
+    for name, values in per_item.items():
+        kept = [v for v in values if v is not None]
+        if kept:
+            scores[name] = Score(name, float(np.mean(kept)), mean_stderr(kept), len(kept))
+    if answers:
+        for name, corpus, metric in (("bleu", corpus_bleu, _bleu()), ("chrf", corpus_chrf, _chrf())):
+            scores[name] = Score(name, corpus(answers, references),
+                                 bootstrap_stderr(answers, references, metric, seed), len(answers))
+    return {name: scores[name] for name in METRICS if name in scores}
+
+
 def score_answers(answers: Sequence[str], references: Sequence[str], accepted: Sequence[Sequence[str]],
                   bertscore_model: Path | None = None, seed: int = 0, with_bertscore: bool = True) -> dict[str, Score]:
     """Every metric over one set of answers. `references`: the one-sentence reference per item;
     `accepted`: per item, the values an answer may contain to match (the reference value and its
-    aliases; the reference sentence itself when the item has none)."""
-    n = len(answers)
-    if not (n == len(references) == len(accepted)):
-        raise ValueError(f"score_answers: {n} answers, {len(references)} references, {len(accepted)} accepted lists")
-    if n == 0:
-        return {}
-    per_item: dict[str, list[float]] = {"answer_match": [float(answer_match(a, ok)) for a, ok in zip(answers, accepted)],
-                                        **rouge_f1(answers, references)}
-    if with_bertscore:
-        per_item["bertscore_f1"] = bertscore_f1(answers, references, bertscore_model)
-    scores = {name: Score(name, float(np.mean(values)), mean_stderr(values), n) for name, values in per_item.items()}
-    for name, metric in (("bleu", corpus_bleu), ("chrf", corpus_chrf)):
-        scores[name] = Score(name, metric(answers, references), bootstrap_stderr(answers, references, metric, seed), n)
-    return {name: scores[name] for name in METRICS if name in scores}
+    aliases; empty where there is nothing to match, and the item then has no answer_match)."""
+    per_item = per_item_scores(answers, references, accepted, bertscore_model, with_bertscore)
+    return aggregate(per_item, answers, references, seed)

@@ -103,6 +103,26 @@ def merge(base_model: Path, checkpoint: Path, out: Path, dtype: str = "bfloat16"
             "bytes": folder_bytes(out)}
 
 
+def write_decoding(merged: Path, point: dict[str, Any]) -> None:
+    """The evaluation's recommended decoding point as the merged model's defaults
+    (`generation_config.json`), so `model.generate(...)` with no settings, and any tool that reads the
+    file, decodes the way the evaluation found best. The sampling knobs are unset when greedy, as
+    transformers wants them."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig.from_pretrained(merged) if (merged / "generation_config.json").exists() \
+        else GenerationConfig()
+    sampled = bool(point.get("do_sample"))
+    config.do_sample = sampled
+    config.num_beams = int(point.get("num_beams") or 1)
+    config.repetition_penalty = float(point.get("repetition_penalty") or 1.0)
+    config.max_new_tokens = int(point.get("max_new_tokens") or 48)
+    config.temperature = (point.get("temperature") or 1.0) if sampled else None
+    config.top_p = (point.get("top_p") or 1.0) if sampled else None
+    config.top_k = (point.get("top_k") if point.get("top_k") is not None else 0) if sampled else None
+    config.save_pretrained(merged)
+
+
 # --- GGUF ---------------------------------------------------------------------------------------
 
 
@@ -201,7 +221,7 @@ def describe(summary: dict[str, Any]) -> str:
 
 def export_checkpoint(*, base_model: Path, checkpoint: Path, out: Path, name: str, dtype: str, gguf_types: list[str],
                       questions: list[str], choice_items: list[dict[str, Any]], system: str, max_length: int,
-                      max_new_tokens: int, gguf_skip_reason: str | None = None,
+                      max_new_tokens: int, gguf_skip_reason: str | None = None, decoding: dict[str, Any] | None = None,
                       log: Callable[[str], None] = print) -> dict[str, Any]:
     """adapter/, merged/ + projector/, gguf/ and parity.json in `out`; raises `ParityFailed` (after
     writing parity.json) when the formats disagree. Returns what export.json records of the files."""
@@ -213,6 +233,10 @@ def export_checkpoint(*, base_model: Path, checkpoint: Path, out: Path, name: st
     copy_adapter(checkpoint, out / ADAPTER_DIR)
     merged = merge(base_model, checkpoint, out / MERGED_DIR, dtype)
     timings["merge_s"] = round(time.monotonic() - started, 2)
+    if decoding:
+        write_decoding(out / MERGED_DIR, decoding)
+        log(f"export: generation_config.json set to the evaluation's recommended decoding {decoding['name']!r} "
+            f"({decoding.get('why', '')})")
     log(f"export: merged {checkpoint.name} into its base: {merged['parameters']:,} parameters, {dtype}, "
         f"{merged['bytes'] / 2**20:.0f} MiB; projector {merged['projector_parameters']:,} parameters kept beside it")
     ggufs: dict[str, dict[str, Any]] = {}

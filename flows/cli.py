@@ -113,7 +113,7 @@ def run(config: str = CONFIG, store: Optional[str] = STORE, set: list[str] = SET
     result = _run_flow("finetune", config, store, set, offline, sample_sources)
     _print_stages(result)
     typer.echo("")
-    _print_evaluation(result["evaluation"], result["baselines"], result["promotion"])
+    _print_evaluation(result["evaluation"], result["baselines"], result["promotion"], result.get("generation") or [])
     _print_before_after(result.get("before_after"))
     _print_export(result.get("export"))
 
@@ -172,7 +172,7 @@ def report(flow_run: str = typer.Option(..., "--flow-run", help="flow run id")) 
     """The stage versions and per-checkpoint evaluation table of a finetune flow run."""
     from loretune.flows.stages import read_ledger
     from loretune.store import ArtifactRef
-    from loretune.tasks.evaluation import read_baselines, read_before_after, read_promotion, read_table
+    from loretune.tasks.evaluation import read_baselines, read_before_after, read_generation, read_promotion, read_table
 
     ledger = read_ledger(flow_run)
     stages = {row["stage"]: row for row in ledger}
@@ -182,7 +182,7 @@ def report(flow_run: str = typer.Option(..., "--flow-run", help="flow run id")) 
     _print_stages({"store": store, "stages": stages})
     typer.echo("")
     ref = ArtifactRef(store, "evaluation", stages["evaluation"]["version"])
-    _print_evaluation(read_table(ref), read_baselines(ref), read_promotion(ref))
+    _print_evaluation(read_table(ref), read_baselines(ref), read_promotion(ref), read_generation(ref))
     _print_before_after(read_before_after(ref))
     if "export" in stages:
         from loretune.tasks.export import read_export
@@ -222,7 +222,7 @@ def _print_export(exported: dict | None) -> None:
 
 
 def _print_before_after(compared: dict | None) -> None:
-    """The base's and the fine-tuned checkpoint's greedy answers to the probe questions."""
+    """The base's and the fine-tuned checkpoint's answers to the probe questions."""
     if not compared:
         return
     typer.echo(f"\nbefore / after ({compared['checkpoint']}{'' if compared['promoted'] else ', not promoted'}):")
@@ -235,8 +235,9 @@ def _print_stages(result: dict) -> None:
     _print_rows(["stage", "version", "state"], [(s, v["version"], v["state"]) for s, v in result["stages"].items()])
 
 
-def _print_evaluation(table: list[dict], baselines: dict, promotion: dict) -> None:
-    """Per set: what no knowledge scores, then every checkpoint ± its standard error; the gate last."""
+def _print_evaluation(table: list[dict], baselines: dict, promotion: dict, generation: list[dict] = ()) -> None:
+    """Per set: what no knowledge scores, then every checkpoint ± its standard error; the open sets
+    next; the gate last."""
     for name in dict.fromkeys(r["set"] for r in table):
         rows = [r for r in table if r["set"] == name]
         shown = ", ".join(f"{k} {_pm(v['value'], v['stderr'])}" for k, v in baselines.get(name, {}).items())
@@ -246,8 +247,45 @@ def _print_evaluation(table: list[dict], baselines: dict, promotion: dict) -> No
                               _pm(r["acc_norm"], r["acc_norm_stderr"]), _delta(r) if r["step"] else "-",
                               _cell(r["mcnemar_p"]) if r["step"] else "-", _cell(r.get("eval_loss"))) for r in rows])
         typer.echo("")
+    _print_generation(generation)
     typer.echo(f"promoted: {promotion['promoted']}" if promotion["promoted"] else "promoted: none")
     typer.echo(f"  {promotion['reason']}")
+    served = (promotion.get("decoding") or {}).get(promotion["promoted"] or "")
+    if served:
+        typer.echo(f"  serve it with decoding {served['name']}: {served['why']}")
+
+
+OPEN_COLUMNS = ("answer_match", "rougeL", "bleu", "chrf", "bertscore_f1", "answer_tokens", "stopped")
+
+
+def _print_generation(table: list[dict]) -> None:
+    """Per open set: every checkpoint at every decoding point, mean over seeds ± standard error
+    (± the seeds' spread where a point samples), and the change from step 0 in ROUGE-L."""
+    aggregate = [r for r in table if r["seed"] is None and r["set"] != "probes"]  # probes: the before / after
+    for name in dict.fromkeys(r["set"] for r in aggregate):
+        cells: dict[tuple, dict] = {}
+        for r in (r for r in aggregate if r["set"] == name):
+            cells.setdefault((r["step"], r["checkpoint"], r["decoding"]), {})[r["metric"]] = r
+        n = next(iter(cells.values()))["rougeL"]["n"] if "rougeL" in next(iter(cells.values())) else "?"
+        typer.echo(f"open set {name} (n={n}): mean over seeds ± standard error [± seeds' std]")
+        shown = [m for m in OPEN_COLUMNS if any(m in c for c in cells.values())]
+        header = ["step", "checkpoint", "decoding", *shown, "rougeL vs step 0 (95% CI)"]
+        rows = []
+        for (step, checkpoint, decoding), metrics in cells.items():
+            delta = metrics.get("rougeL")
+            rows.append((step, checkpoint, decoding, *(_open_cell(metrics.get(m)) for m in shown),
+                         f"{delta['delta']:+.3f} [{delta['delta_ci_low']:+.3f}, {delta['delta_ci_high']:+.3f}]"
+                         if step and delta and delta["delta_ci_low"] is not None else "-"))
+        _print_rows(header, rows)
+        typer.echo("")
+
+
+def _open_cell(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    text = _pm(row["value"], row["stderr"] if row["stderr"] is not None else float("nan"))
+    return text + (f" [±{row['seed_std']:.3f}]" if (row.get("seeds") or 1) > 1 and row.get("seed_std") is not None
+                   else "")
 
 
 def _pm(value: Any, stderr: Any) -> str:

@@ -14,6 +14,7 @@ from loretune.tasks.evaluation import (
     evaluate_checkpoints,
     read_baselines,
     read_before_after,
+    read_generation,
     read_promotion,
     read_table,
 )
@@ -32,21 +33,22 @@ def finetune(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] 
     the base URL of the offline sample sources server, which then stands in for the real sites.
     """
     cfg = resolve_config(config, overrides, sample_sources)
-    user_sets, model_source = preflight(config, cfg)  # a broken set or model fails here, before any work
+    checked = preflight(config, cfg)  # a broken set or model fails here, before any work
     tools = converter_version() if cfg.export.enabled else {}  # so does a missing llama.cpp
     maths = runtime(cfg.training.backend, cfg.model.load_in_4bit)  # and a backend this machine lacks
     store, ledger = cfg.store_uri(), {}
     common = dict(store=store, domain=cfg.domain)
     data = prepare_data(cfg, ledger, config)
-    base = run_stage(build_base_model, ledger, **common, params=cfg.model, source=model_source,
-                     dataset_ref=data["dataset"] if model_source["kind"] == TINY else None)
+    base = run_stage(build_base_model, ledger, **common, params=cfg.model, source=checked.model_source,
+                     dataset_ref=data["dataset"] if checked.model_source["kind"] == TINY else None)
     checkpoints = run_stage(train, ledger, **common, dataset_ref=data["dataset"], features=data["features"],
                             base=base, params=cfg.training, image_tokens=cfg.model.image_tokens, runtime=maths,
                             load_in_4bit=cfg.model.load_in_4bit)
     evaluation = run_stage(evaluate_checkpoints, ledger, **common, checkpoints=checkpoints,
                            dataset_ref=data["dataset"], features=data["features"], base=base,
                            params=cfg.evaluation, max_length=cfg.training.max_length,
-                           attn_implementation=cfg.training.attn_implementation, user_sets=user_sets, runtime=maths)
+                           attn_implementation=cfg.training.attn_implementation, user_sets=checked.user_sets,
+                           open_user_sets=checked.open_user_sets, runtime=maths)
     exported = None
     if cfg.export.enabled:
         selection = select(evaluation, checkpoints, cfg.export.checkpoint)
@@ -58,6 +60,7 @@ def finetune(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] 
     promotion = read_promotion(evaluation)
     result = {"store": store, "stages": ledger, "evaluation": read_table(evaluation),
               "baselines": read_baselines(evaluation), "promotion": promotion,
+              "generation": read_generation(evaluation),
               "before_after": read_before_after(evaluation),
               "export": read_export(exported) if exported else None}
     if promotion["promoted"] is None:  # cached or not, every run says so: in its log and its state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,13 @@ from prefect.artifacts import create_table_artifact
 
 from loretune.config import LoretuneConfig, load_config
 from loretune.dataset import mix
-from loretune.dataset.evalsets import UserSet, user_sets
+from loretune.dataset.evalsets import BUILTIN_SETS, EvalSetError, UserSet, user_sets
+from loretune.dataset.opensets import OPEN_SETS, user_open_sets
 from loretune.model.base_models import describe_source
 from loretune.samples.server import sample_overrides
 from loretune.store import ArtifactRef
 from loretune.tasks.dataset import build_dataset
+from loretune.tasks.evaluation import PROBES
 from loretune.tasks.features import extract_features
 from loretune.tasks.images import fetch_images
 from loretune.tasks.ingest import ingest_documents
@@ -29,11 +32,27 @@ def resolve_config(config: str, overrides: dict[str, Any] | None, sample_sources
     return load_config(path, merged)
 
 
-def preflight(config: str, cfg: LoretuneConfig) -> tuple[list[UserSet], dict[str, Any]]:
-    """What finetune checks before any work: the user's evaluation sets (validated and hashed;
-    relative paths may sit beside the config) and the base model (pinned, or a clear error)."""
-    return (user_sets(cfg.evaluation.sets, relative_to=_config_path(config).parent),
-            describe_source(cfg.model.base, cfg.model.revision))
+@dataclass(frozen=True)
+class Preflight:
+    user_sets: list[UserSet]
+    open_user_sets: list[UserSet]
+    model_source: dict[str, Any]
+
+
+def preflight(config: str, cfg: LoretuneConfig) -> Preflight:
+    """What finetune checks before any work: the user's evaluation sets, binary and open (validated
+    and hashed; relative paths may sit beside the config), that every open set the gate checks
+    exists, and the base model (pinned, or a clear error)."""
+    folder = _config_path(config).parent
+    binary = user_sets(cfg.evaluation.sets, relative_to=folder)
+    spoken = user_open_sets(cfg.evaluation.open_sets, taken=[*BUILTIN_SETS, *(s.name for s in binary), PROBES],
+                            relative_to=folder)
+    known = [*OPEN_SETS, *(s.name for s in spoken)]
+    for check in cfg.evaluation.promote.open:
+        if check.set not in known:
+            raise EvalSetError(f"evaluation.promote.open: no open set named {check.set!r} (known: {', '.join(known)}); "
+                               "add its file to evaluation.open_sets or remove the check")
+    return Preflight(binary, spoken, describe_source(cfg.model.base, cfg.model.revision))
 
 
 def _config_path(config: str) -> Path:

@@ -225,12 +225,51 @@ class TrainingConfig(Section):
         return value
 
 
+class OpenCheck(Section):
+    """An open set and a per-item metric on which the promoted checkpoint must not be worse than
+    step 0 beyond the paired 95% interval."""
+
+    set: str
+    metric: Literal["answer_match", "rouge1", "rouge2", "rougeL", "bertscore_f1"]
+
+
 class PromotionConfig(Section):
     """The gate: the earliest checkpoint within 1 SE of the best on `set` by `metric`, if it beats
-    step 0 beyond the paired 95% interval and the set's no-knowledge baselines beyond its own."""
+    step 0 beyond the paired 95% interval and the set's no-knowledge baselines beyond its own, and
+    is not worse than step 0 on any `open` check at the `decoding` point (a name in the grid)."""
 
     set: str = "facts"
     metric: Literal["acc", "acc_norm"] = "acc"
+    open: list[OpenCheck] = [OpenCheck(set="facts_open", metric="answer_match"),
+                             OpenCheck(set="prose_open", metric="rougeL")]
+    decoding: str = "greedy"
+
+
+class DecodingPoint(Section):
+    """One named point of the evaluation's decoding grid (`model/generate.py`'s `Decoding`).
+    temperature, top_p and top_k need do_sample: greedy decoding ignores them, so a sweep over them
+    without sampling would measure nothing, and is refused before any work."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    do_sample: bool = False
+    temperature: float | None = Field(None, gt=0, le=5)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    num_beams: int = Field(1, ge=1, le=16)
+    repetition_penalty: float = Field(1.0, gt=0, le=5)
+    max_new_tokens: int = Field(48, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _sampling_knobs_need_sampling(self) -> "DecodingPoint":
+        unused = [k for k in ("temperature", "top_p", "top_k") if getattr(self, k) is not None]
+        if unused and not self.do_sample:
+            raise ValueError(f"decoding point {self.name!r}: {', '.join(unused)} without do_sample: greedy decoding "
+                             "ignores them, so they would measure nothing; set do_sample: true or leave them out")
+        return self
+
+
+DEFAULT_DECODING = [DecodingPoint(name="greedy"), DecodingPoint(name="beam4", num_beams=4),
+                    DecodingPoint(name="sample_t0.7", do_sample=True, temperature=0.7, top_p=0.9)]
 
 
 class EvaluationConfig(Section):
@@ -243,10 +282,35 @@ class EvaluationConfig(Section):
     # User-supplied sets: JSON (a list) or JSONL of {question, choices, answer}; named by file stem.
     sets: list[str] = []
     promote: PromotionConfig = PromotionConfig()
-    # Asked, greedily, of the base and of the promoted checkpoint after evaluation (the before /
-    # after artifact); empty: the first three questions of the facts set.
+    # Asked of the base and of every checkpoint at the gate's decoding point (the before / after
+    # artifact, and the export's parity probes); empty: the first three questions of facts_open.
     probe_questions: list[str] = Field([], max_length=10)
-    probe_max_new_tokens: int = Field(48, ge=1, le=512)
+    # Open questions (`evaluation/open_questions.py`): the built-in facts_open and prose_open, plus
+    # user files, JSON (a list) or JSONL of {question, reference, answers?}; named by file stem.
+    open_sets: list[str] = []
+    # Per open set, a seeded sample balanced over fields (facts_open) or pages (prose_open); sized
+    # so the default grid costs at most ~4 minutes per checkpoint on 2 CPU cores (README).
+    max_open_items: int | None = Field(40, ge=1)
+    decoding: list[DecodingPoint] = DEFAULT_DECODING
+    seeds: int = Field(3, ge=1, le=20)  # runs of each sampled point; greedy and beam search run once
+    generation_batch_size: int = Field(16, ge=1, le=256)
+
+    @field_validator("decoding")
+    @classmethod
+    def _named_once(cls, points: list[DecodingPoint]) -> list[DecodingPoint]:
+        names = [p.name for p in points]
+        if not points:
+            raise ValueError("the decoding grid is empty: give at least one point (e.g. {name: greedy})")
+        if len(set(names)) != len(names):
+            raise ValueError(f"decoding point names must be unique, got {names}")
+        return points
+
+    @model_validator(mode="after")
+    def _gate_point_in_grid(self) -> "EvaluationConfig":
+        if self.promote.open and self.promote.decoding not in {p.name for p in self.decoding}:
+            raise ValueError(f"promote.decoding {self.promote.decoding!r} is not a point of the decoding grid "
+                             f"({', '.join(p.name for p in self.decoding)})")
+        return self
 
 
 class ParityConfig(Section):
@@ -350,13 +414,13 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
         return LoretuneConfig.model_validate(data)
     except ValidationError as exc:
         origin = f"{path} (with overrides {sorted(overrides)})" if overrides else str(path)
-        raise ConfigError(_describe(origin, exc)) from None
+        raise ConfigError(_describe(origin, exc, data)) from None
 
 
-def _describe(origin: str, exc: ValidationError) -> str:
+def _describe(origin: str, exc: ValidationError, data: Any = None) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<top level>"
+        key = ".".join(_named(data, err["loc"][:i + 1]) for i in range(len(err["loc"]))) or "<top level>"
         if err["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key")
         elif err["type"] == "missing":
@@ -364,6 +428,20 @@ def _describe(origin: str, exc: ValidationError) -> str:
         else:
             lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
     return f"{origin}: invalid config:\n  " + "\n  ".join(lines)
+
+
+def _named(data: Any, loc: tuple) -> str:
+    """A list index in an error's path, with the item's `name` when it has one: a decoding point
+    is `evaluation.decoding[greedy]`, not `evaluation.decoding.0`."""
+    node: Any = data
+    for part in loc[:-1]:
+        node = node.get(part) if isinstance(node, dict) else node[part] if isinstance(node, list) and \
+            isinstance(part, int) and part < len(node) else None
+    last = loc[-1]
+    if isinstance(node, list) and isinstance(last, int) and last < len(node) and isinstance(node[last], dict) \
+            and isinstance(node[last].get("name"), str):
+        return f"{last}[{node[last]['name']}]"
+    return str(last)
 
 
 def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:

@@ -7,9 +7,10 @@ the readers never import the training loop.
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from loretune.model.chat_format import ChatFormat, add_image_token
 from loretune.model.loading import default_device, load_base
@@ -65,3 +66,31 @@ def load_for_checkpoints(base_model: str, checkpoints_dir: Path, attn_implementa
     attach_projector(model, spec["clip_dim"], spec["image_tokens"], seed=spec["projector_seed"],
                      stats=spec.get("feature_stats"), image_token_id=add_image_token(tokenizer))
     return Loaded(tokenizer, model, ChatFormat.load(Path(base_model)), spec, device)
+
+
+def adapter_name(checkpoint: Checkpoint) -> str:
+    return f"step-{checkpoint.step}"
+
+
+def load_adapters(base_model: str, checkpoints: Sequence[Checkpoint],
+                  attn_implementation: str = "sdpa") -> tuple[Loaded, Any]:
+    """The base once, every checkpoint's adapter loaded beside it under its step's name: switching
+    checkpoints is then `at_step`, not a reload."""
+    from peft import PeftModel
+
+    if not checkpoints:
+        raise ValueError("no checkpoints to load")
+    loaded = load_for_checkpoints(base_model, checkpoints[0].path.parent, attn_implementation)
+    model = PeftModel.from_pretrained(loaded.model, str(checkpoints[0].path), adapter_name=adapter_name(checkpoints[0]))
+    for checkpoint in checkpoints[1:]:
+        model.load_adapter(str(checkpoint.path), adapter_name=adapter_name(checkpoint))
+    return loaded, model.eval()
+
+
+def at_step(model: Any, checkpoint: Checkpoint | None) -> AbstractContextManager:
+    """The model as it was at `checkpoint`, or as training started (adapters off: step 0; the
+    projector is then its seeded initial state, exactly what training started from)."""
+    if checkpoint is None:
+        return model.disable_adapter()
+    model.set_adapter(adapter_name(checkpoint))
+    return nullcontext()

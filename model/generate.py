@@ -78,6 +78,19 @@ class Decoding:
         return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k, **common}
 
 
+def stop_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The tokens that end an answer: the model's generation config's end-of-generation ids (an
+    end-of-turn token as well as end-of-text, for many chat models) and the tokenizer's EOS. The
+    chat UI and the evaluation stop on the same set, so they never disagree on where an answer ends."""
+    ids: set[int] = set()
+    for value in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value:
+            ids.update(int(v) for v in value)
+    return ids
+
+
 @torch.no_grad()
 def generate(model: Any, decoding: Decoding, *, eos_ids: Sequence[int], pad_id: int | None,
              input_ids: Sequence[int] | None = None, inputs: dict[str, torch.Tensor] | None = None,

@@ -37,6 +37,9 @@ def build_dataset(store: str, domain: str, documents: ArtifactRef, images_ref: A
                     "eval questions (%s exact, %s near-duplicate)", report.train, report.validation,
                     ", ".join(f"{k} {v['items']}" for k, v in report.eval_sets.items()), dropped,
                     report.dropped_exact, report.dropped_near_duplicate)
+        logger.info("dataset: open-question sets %s", ", ".join(
+            f"{k} {v['items']} ({v['not_taught']} dropped: answer not in the training text)"
+            for k, v in report.open_sets.items()))
         logger.info("dataset: examples by source / builder: %s; the card is README.md in the artifact",
                     ", ".join(f"{k} {v}" for k, v in report.examples.items()))
         if report.skipped:

@@ -45,7 +45,8 @@ def select(evaluation: ArtifactRef, checkpoints: ArtifactRef, wanted: str) -> di
                                     [c.path.name for c in list_checkpoints(checkpoints.local_path())])
     return {"checkpoint": chosen, "why": why, "promoted": chosen is not None and chosen == decision["promoted"],
             "score": table_score(evaluation.local_path(), decision, chosen) if chosen else None,
-            "base_score": table_score(evaluation.local_path(), decision)}
+            "base_score": table_score(evaluation.local_path(), decision),
+            "decoding": (decision.get("decoding") or {}).get(chosen) if chosen else None}
 
 
 @task(name="export", cache_policy=EXPORT, persist_result=True)
@@ -74,7 +75,7 @@ def export_model(store: str, domain: str, checkpoints: ArtifactRef, selection: d
                 base_model=base.local_path(), checkpoint=checkpoints.local_path() / chosen, out=out,
                 name=f"{domain}-{chosen}", dtype=params.dtype, gguf_types=list(params.gguf), questions=questions,
                 choice_items=choice_items, system=system_prompt(dataset_ref.local_path()),
-                max_length=max_length, max_new_tokens=params.parity.max_new_tokens,
+                max_length=max_length, max_new_tokens=params.parity.max_new_tokens, decoding=selection.get("decoding"),
                 gguf_skip_reason=("the tiny model's tokenizer is trained on the corpus, and llama.cpp's converter "
                                   "knows only published pre-tokenizers; merged and adapter exports only") if tiny else None,
                 log=logger.info)

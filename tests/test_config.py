@@ -44,6 +44,10 @@ def test_naruto_config_loads_every_value_the_file_sets():
         for key, value in raw.items():
             if isinstance(value, dict):
                 check(value, got[key], f"{prefix}{key}.")
+            elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                assert len(got[key]) == len(value), f"{prefix}{key}: {len(value)} items in the file"
+                for i, (item, loaded_item) in enumerate(zip(value, got[key])):
+                    check(item, loaded_item, f"{prefix}{key}.{i}.")
             else:
                 assert got[key] == value, f"{prefix}{key}: file says {value!r}, config has {got[key]!r}"
 

@@ -21,12 +21,12 @@ import pytest
 import yaml
 
 from loretune import stack
-from recipes import TINY
+from recipes import QUICK_OPEN, TINY
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"
 # A few steps, two checkpoints: enough to exercise every stage without a long training run.
-SHORT_RUN = {**TINY, "training.max_steps": 6, "training.save_steps": 3}
+SHORT_RUN = {**TINY, **QUICK_OPEN, "training.max_steps": 6, "training.save_steps": 3}
 
 
 def deployments() -> list[dict]:

@@ -11,12 +11,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from recipes import TINY
+from recipes import QUICK_OPEN, TINY
 
 from loretune.config import ConfigError
 from loretune.store import MANIFEST, ArtifactStore, content_hash
 
-FAST = {**TINY, "training.max_steps": 4, "training.save_steps": 2, "evaluation.batch_size": 32, "evaluation.max_items": 200}
+FAST = {**TINY, **QUICK_OPEN, "training.max_steps": 4, "training.save_steps": 2, "evaluation.batch_size": 32, "evaluation.max_items": 200}
 STAGES = ["documents", "images", "features", "dataset", "model", "checkpoints", "evaluation", "export"]
 
 
@@ -107,6 +107,43 @@ def test_evaluation_has_every_set_at_step_zero_and_every_checkpoint(cold):
         assert abs(first - n[name] / 2) <= 0.5, f"{name}: answer positions are not balanced"
 
 
+def test_what_each_checkpoint_says_is_scored_over_the_grid_and_kept_with_every_answer(cold, store):
+    from loretune.evaluation.open_questions import TABLE_COLUMNS
+
+    folder = store / "evaluation" / cold["stages"]["evaluation"]["version"]
+    table = cold["generation"]
+    assert {r["set"] for r in table} == {"facts_open", "prose_open", "probes"}
+    cells = {(r["step"], r["set"], r["decoding"], r["seed"]) for r in table if r["metric"] == "answer_tokens"}
+    for name in ("facts_open", "prose_open"):
+        assert {(s, name, "greedy", seed) for s in (0, 2, 4) for seed in (0, None)} <= cells
+        assert {(s, name, "sample_t0.7", seed) for s in (0, 2, 4) for seed in (0, 1, None)} <= cells
+    assert {(r["metric"], r["n"]) for r in table if r["set"] == "facts_open" and r["seed"] is None} >= {
+        ("answer_match", 4), ("rougeL", 4), ("bleu", 4), ("chrf", 4), ("bertscore_f1", 4), ("stopped", 4)}
+    assert (folder / "generation.csv").read_text().splitlines()[0].split(",") == TABLE_COLUMNS
+    answers = [json.loads(line) for line in (folder / "answers.jsonl").read_text().splitlines()]
+    assert len({(a["step"], a["set"], a["decoding"], a["seed"], a["item"]) for a in answers}) == len(answers)
+    assert all(isinstance(a["answer"], str) and a["tokens"] <= 8 for a in answers)
+    assert {p.name for p in folder.glob("generation_*.png")} >= {"generation_rougeL.png", "generation_answer_match.png"}
+    recommended = cold["promotion"]["decoding"]
+    assert set(recommended) == {"checkpoint-2", "checkpoint-4"}
+    assert recommended["checkpoint-4"]["name"] in {"greedy", "sample_t0.7"} and recommended["checkpoint-4"]["why"]
+    compared = cold["before_after"]
+    assert compared["decoding"] == "greedy" and len(compared["answers"]) == 3, "the probes: facts_open's first three"
+
+
+def test_a_new_decoding_point_generates_only_its_own_cells(cold, run, store):
+    import csv
+
+    grid = [*QUICK_OPEN["evaluation.decoding"], {"name": "beam2", "num_beams": 2, "max_new_tokens": 8}]
+    result = run(**{"evaluation.decoding": grid})
+    assert {s for s, state in states(result).items() if state == "Completed"} == {"documents", "evaluation"}
+    folder = store / "evaluation" / result["stages"]["evaluation"]["version"]
+    with open(folder / "cells.csv", newline="") as handle:
+        cells = list(csv.DictReader(handle))
+    generated = {(c["step"], c["set"], c["decoding"]) for c in cells if c["cached"] == "False"}
+    assert generated == {(s, n, "beam2") for s in ("0", "2", "4") for n in ("facts_open", "prose_open")}
+
+
 def test_four_steps_promote_nothing_and_say_why(cold, store):
     """Four steps of training cannot beat step 0 beyond the noise: the gate must not pretend."""
     promotion = cold["promotion"]
@@ -182,6 +219,21 @@ def test_a_broken_user_set_fails_before_any_work_naming_file_and_item(prefect_se
     assert versions(store) == before
 
 
+def test_a_broken_open_set_or_an_unknown_gate_set_fails_before_any_work(prefect_server, samples, store, tmp_path):
+    from loretune.dataset.evalsets import EvalSetError
+    from loretune.flows.finetune import finetune
+
+    spoken = tmp_path / "teachers.jsonl"
+    spoken.write_text('{"question": "Who taught Gaara?", "reference": ""}\n')
+    before = versions(store)
+    with pytest.raises(EvalSetError, match=r"teachers\.jsonl: item 1: 'reference' must be a non-empty string"):
+        finetune(overrides={"store": str(store), "evaluation.open_sets": [str(spoken)]}, sample_sources=samples.base_url)
+    with pytest.raises(EvalSetError, match=r"no open set named 'quiz_open'"):
+        finetune(overrides={"store": str(store), "evaluation.promote.open": [{"set": "quiz_open", "metric": "rougeL"}]},
+                 sample_sources=samples.base_url)
+    assert versions(store) == before
+
+
 def test_stage_artifacts_appear_in_prefect_under_stable_keys(cold):
     from prefect import get_client
     from prefect.utilities.asyncutils import run_coro_as_sync
@@ -202,6 +254,9 @@ def test_stage_artifacts_appear_in_prefect_under_stable_keys(cold):
     plot = run_coro_as_sync(by_key("naruto-evaluation-plot"))[0]
     assert "data:image/png;base64," in plot.data
     assert "no checkpoint beats the base" in run_coro_as_sync(by_key("naruto-promoted"))[0].data
+    spoken = json.loads(run_coro_as_sync(by_key("naruto-generation"))[0].data)
+    assert {"facts_open", "prose_open"} <= {row["set"] for row in spoken} and "rougeL_stderr" in spoken[0]
+    assert "data:image/png;base64," in run_coro_as_sync(by_key("naruto-generation-rougel"))[0].data
     assert run_coro_as_sync(by_key("naruto-training"))[0].data == 100.0, "the bar reaches the last step"
     assert "data:image/png;base64," in run_coro_as_sync(by_key("naruto-loss-curve"))[0].data
     assert "more_common" in run_coro_as_sync(by_key("naruto-dataset"))[0].data, "the dataset shows its baselines"
@@ -228,9 +283,13 @@ def test_report_prints_a_flow_runs_evaluation_table(cold, store):
     assert result.exit_code == 0, result.output
     assert cold["stages"]["evaluation"]["version"] in result.output
     lines = [line.split() for line in result.output.splitlines()]
-    assert [line[:2] for line in lines if line and line[0] in {"0", "2", "4"}] == [
-        ["0", "base"], ["2", "checkpoint-2"], ["4", "checkpoint-4"]] * 3
+    binary = [["0", "base"], ["2", "checkpoint-2"], ["4", "checkpoint-4"]] * 3
+    spoken = [["0", "base", "greedy"], ["0", "base", "sample_t0.7"], ["2", "checkpoint-2", "greedy"],
+              ["2", "checkpoint-2", "sample_t0.7"], ["4", "checkpoint-4", "greedy"], ["4", "checkpoint-4", "sample_t0.7"]]
+    rows = [line for line in lines if line and line[0] in {"0", "2", "4"}]
+    assert [r[:2] for r in rows[:9]] == binary and [r[:3] for r in rows[9:]] == spoken * 2
     assert "set facts (n=200" in result.output and "more_common 0.5" in result.output
+    assert "open set facts_open (n=4)" in result.output and "open set prose_open (n=4)" in result.output
     assert "promoted: none" in result.output
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from loretune.evaluation import sweep as grids
-from tests.recipes import TINY
+from tests.recipes import QUICK_OPEN, TINY
 
 
 def test_the_grid_is_the_cross_product_and_a_point_reads_as_its_overrides():
@@ -23,7 +23,7 @@ def test_a_data_scaling_sweep_runs_each_point_as_a_cached_finetune_and_compares_
     from loretune.flows.sweep import sweep
 
     monkeypatch.setenv("LORETUNE_HOME", str(tmp_path / "home"))
-    common = {**TINY, "store": str(tmp_path / "store"), "training.max_steps": 4, "training.save_steps": 2,
+    common = {**TINY, **QUICK_OPEN, "store": str(tmp_path / "store"), "training.max_steps": 4, "training.save_steps": 2,
               "evaluation.max_items": 12, "export.enabled": False}
     grid = {"dataset.fraction": [0.5, 1.0]}
     result = sweep(grid=grid, overrides=common, sample_sources=samples.base_url)
