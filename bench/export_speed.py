@@ -53,15 +53,20 @@ def transformers_speed(merged: Path, prompts: list[list[int]], new_tokens: int) 
 
 
 def llama_cpp_speed(gguf: Path, prompts: list[list[int]], new_tokens: int) -> float:
+    import llama_cpp
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(gguf), n_ctx=512, verbose=False, seed=0, n_threads=os.cpu_count() or 1)
+    n_vocab = llm.n_vocab()
 
     def generate(ids: list[int]) -> None:
+        # The last position's logits straight from the context: without logits_all, llama-cpp-python
+        # leaves `llm.scores` at zero, and an argmax over it would feed token 0 at every step.
         llm.reset()
         llm.eval(ids)
         for _ in range(new_tokens - 1):
-            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
+            llm.eval([int(np.argmax(logits))])
 
     generate(prompts[0])
     started = time.perf_counter()
