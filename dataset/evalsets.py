@@ -335,16 +335,22 @@ def read_set(path: Path, allow_empty: bool = False) -> list[dict[str, Any]]:
     (no images: no `pictures`), and `allow_empty` says so.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise EvalSetError(f"{path}: evaluation set file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EvalSetError(f"{path}: cannot read the evaluation set ({exc})") from None
-    raw = parse_items(path, text)
+    raw = read_items(path)
     if not raw and not allow_empty:
         raise EvalSetError(f"{path}: the evaluation set has no items")
     return [_validate(path, i, item) for i, item in enumerate(raw, start=1)]
+
+
+def read_items(path: Path, what: str = "evaluation set") -> list[Any]:
+    """A set file's items, unvalidated: a JSON list, or JSON Lines. A missing or unreadable file
+    or invalid JSON is one error naming the file (and the line)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise EvalSetError(f"{path}: {what} file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvalSetError(f"{path}: cannot read the {what} ({exc})") from None
+    return parse_items(Path(path), text)
 
 
 def parse_items(path: Path, text: str) -> list[Any]:

@@ -38,7 +38,7 @@ from loretune.dataset.evalsets import (
     UserSet,
     entity_kinds,
     normalise,
-    parse_items,
+    read_items,
     related,
     sentences,
 )
@@ -157,15 +157,7 @@ def sample_open(items: Sequence[dict[str, Any]], max_items: int | None, seed: in
 def read_open_set(path: Path) -> list[dict[str, Any]]:
     """An open set file, every item validated; errors name the file, the item and the problem."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise EvalSetError(f"{path}: open evaluation set file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EvalSetError(f"{path}: cannot read the open evaluation set ({exc})") from None
-    raw = parse_items(path, text)
-    if not isinstance(raw, list):
-        raise EvalSetError(f"{path}: expected a JSON list or JSON Lines of items, got {type(raw).__name__}")
+    raw = read_items(path, "open evaluation set")
     if not raw:
         raise EvalSetError(f"{path}: the open evaluation set has no items")
     return [_validate_open(path, i, item) for i, item in enumerate(raw, start=1)]
@@ -219,5 +211,5 @@ def load_open_sets(dataset_dir: Path) -> dict[str, list[dict[str, Any]]]:
     for name in OPEN_SETS:
         path = Path(dataset_dir) / EVAL_DIR / f"{name}.jsonl"
         if path.exists():
-            found[name] = [dict(item) for item in parse_items(path, path.read_text(encoding="utf-8"))]
+            found[name] = [dict(item) for item in read_items(path, "open evaluation set")]
     return found

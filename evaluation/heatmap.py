@@ -31,13 +31,15 @@ def heatmap(table: Sequence[dict[str, Any]], metric: str, path: Path, title: str
     for ax, name in zip(axes[0], names):
         cells = {(r["step"], r["decoding"]): r for r in rows if r["set"] == name}
         grid = np.array([[cells[(s, p)]["value"] if (s, p) in cells else np.nan for p in points] for s, _ in steps])
-        ax.imshow(grid, cmap="viridis", aspect="auto")
+        image = ax.imshow(grid, cmap="viridis", aspect="auto")
         for i, (step, _) in enumerate(steps):
             for j, point in enumerate(points):
                 if (step, point) in cells:
                     cell = cells[(step, point)]
                     err = f"\n± {cell['stderr']:.2f}" if _finite(cell["stderr"]) else ""
-                    ax.text(j, i, f"{cell['value']:.2f}{err}", ha="center", va="center", fontsize=7, color="white")
+                    bright = image.norm(cell["value"]) > 0.6  # viridis runs dark to yellow
+                    ax.text(j, i, f"{cell['value']:.2f}{err}", ha="center", va="center", fontsize=7,
+                            color="black" if bright else "white")
         ax.set_xticks(range(len(points)), points, fontsize=7, rotation=20)
         ax.set_yticks(range(len(steps)), [label for _, label in steps], fontsize=7)
         ax.set_title(name, fontsize=8)

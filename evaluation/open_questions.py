@@ -213,12 +213,12 @@ def table_rows(answers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     deviation). Every row carries its difference from step 0 at the same set, point and seed (the
     aggregate: over seeds); per-item metrics paired over the same items, with the 95% interval,
     corpus metrics (BLEU, chrF) as a plain difference."""
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)  # in the answers' order: the grid's
     for answer in answers:
         groups[(answer["step"], answer["checkpoint"], answer["set"], answer["decoding"], answer["seed"])].append(answer)
     items = {key: _item_values(rows) for key, rows in groups.items()}
     rows = [_row(*key, metric, score.value, score.stderr, score.n, 1, math.nan)
-            for key in sorted(groups) for metric, score in _scores(groups[key], items[key], key[4]).items()]
+            for key in groups for metric, score in _scores(groups[key], items[key], key[4]).items()]
     by_point: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_point[(row["step"], row["checkpoint"], row["set"], row["decoding"], row["metric"])].append(row)
