@@ -4,7 +4,8 @@ The grid is a mapping of dotted config keys to the values to try; its points are
 product, each one finetune run with those overrides (`flows/sweep.py`). What each run scored is
 read from its own evaluation table: for every set, the promoted checkpoint (else the last one)
 beside step 0 and the set's best no-knowledge baseline, with standard errors and the paired 95%
-interval of the change, so a difference inside the noise reads as one.
+interval of the change, so a difference inside the noise reads as one; and for every open set,
+what that checkpoint says at the gate's decoding point against what step 0 says.
 """
 
 from __future__ import annotations
@@ -42,6 +43,36 @@ def comparison_rows(point: dict[str, Any], result: dict[str, Any]) -> list[dict[
                      "acc": row["acc"], "acc_stderr": row["acc_stderr"], "step0_acc": base["acc"],
                      "delta_acc": row.get("delta_acc"), "delta_ci_low": row.get("delta_acc_ci_low"),
                      "delta_ci_high": row.get("delta_acc_ci_high"), "best_baseline": best["value"]})
+    return rows
+
+
+OPEN_METRICS = ("answer_match", "rougeL", "bertscore_f1", "answer_tokens")
+
+
+def open_comparison_rows(point: dict[str, Any], result: dict[str, Any], decoding: str = "greedy",
+                         metrics: Sequence[str] = OPEN_METRICS) -> list[dict[str, Any]]:
+    """What the run's chosen checkpoint says against step 0: per open set and metric at one decoding
+    point, the value ± SE, step 0's, and the paired change with its 95% interval (the probes, the
+    before/after's questions, are left out)."""
+    table, promotion = result.get("generation") or [], result["promotion"]
+    if not table:
+        return []
+    chosen = promotion.get("promoted") or max(table, key=lambda r: r["step"])["checkpoint"]
+
+    def aggregate(step_or_name: Any, name: str, metric: str) -> dict[str, Any] | None:
+        return next((r for r in table if r["set"] == name and r["decoding"] == decoding and r["metric"] == metric
+                     and r["seed"] is None and step_or_name in (r["step"], r["checkpoint"])), None)
+
+    rows = []
+    for name in dict.fromkeys(r["set"] for r in table if r["set"] != "probes"):
+        for metric in metrics:
+            row, base = aggregate(chosen, name, metric), aggregate(0, name, metric)
+            if row is None or base is None:
+                continue
+            rows.append({"point": label(point), **{k.rsplit(".", 1)[-1]: v for k, v in point.items()}, "set": name,
+                         "decoding": decoding, "metric": metric, "checkpoint": chosen, "value": row["value"],
+                         "stderr": row["stderr"], "step0": base["value"], "delta": row["delta"],
+                         "delta_ci_low": row["delta_ci_low"], "delta_ci_high": row["delta_ci_high"]})
     return rows
 
 

@@ -31,7 +31,7 @@ def sweep(config: str = "deployments/naruto.yaml", grid: dict[str, list[Any]] | 
     for point in points:  # a bad key or value in any point fails here, before the first run
         resolve_config(config, {**(overrides or {}), **point}, sample_sources)
     logger = get_run_logger()
-    rows, runs = [], []
+    rows, open_rows, runs = [], [], []
     for point in points:
         logger.info("sweep: %s", grids.label(point))
         state = finetune.with_options(flow_run_name=f"{cfg.domain} sweep: {grids.label(point)}")(
@@ -39,11 +39,16 @@ def sweep(config: str = "deployments/naruto.yaml", grid: dict[str, list[Any]] | 
         result = state.result()
         runs.append({"point": point, "stages": result["stages"], "promoted": result["promotion"]["promoted"]})
         rows += grids.comparison_rows(point, result)
+        open_rows += grids.open_comparison_rows(point, result, cfg.evaluation.promote.decoding)
     create_table_artifact(key=f"{cfg.domain}-sweep", table=rows,
                           description=f"sweep over {', '.join(grid)}: each set's chosen checkpoint ± SE, step 0, "
                                       "the change with its 95% interval, the best no-knowledge baseline")
+    if open_rows:
+        create_table_artifact(key=f"{cfg.domain}-sweep-open", table=open_rows,
+                              description=f"sweep over {', '.join(grid)}: what each point's chosen checkpoint says on "
+                                          f"the open sets at {cfg.evaluation.promote.decoding}, ± SE, against step 0")
     with tempfile.TemporaryDirectory() as folder:
         png = Path(folder) / "sweep.png"
         grids.plot(rows, png, title=f"{cfg.domain}: sweep over {', '.join(grid)}")
         announce_png(f"{cfg.domain}-sweep-plot", png, "accuracy per grid point", "accuracy ± SE per grid point and set")
-    return {"grid": grid, "rows": rows, "runs": runs}
+    return {"grid": grid, "rows": rows, "open_rows": open_rows, "runs": runs}

@@ -79,6 +79,24 @@ def test_every_dataset_carries_open_sets_that_training_never_asks(tmp_path):
         assert all(i["url"] is not None and i["doc_id"] for i in items), "provenance travels with every item"
 
 
+def test_evaluation_wordings_stay_held_out_from_every_training_template(tmp_path):
+    """A training template near an evaluation one would quietly drop evaluation items as leaked
+    (and teach the test's wording): every pair stays below the near-duplicate threshold, for the
+    shortest and the longest fields and titles the lore has, and a build drops nothing."""
+    from loretune.dataset import dedup, evalsets
+
+    held_out = [evalsets.FACT_TEMPLATE, opensets.OPEN_FACT_TEMPLATE]
+    for field, title in [("clan", "Baki"), ("nature type", "Kakashi Hatake"), ("affiliation", "Flying Thunder God")]:
+        for train in TRAIN_FACT_TEMPLATES:
+            for asked in held_out:
+                a, b = (t.format(field=field, title=title) for t in (train, asked))
+                assert dedup.jaccard(dedup.words(a), dedup.words(b)) < 0.8, (a, b)
+    report = ds.build_dataset(pages(), tmp_path, domain="test", system_prompt="S",
+                              max_answer_chars=200, val_fraction=0.1, seed=0, near_duplicate_threshold=0.8)
+    assert report.dropped_exact == 0 and report.dropped_near_duplicate == 0
+    assert all(info["leaked"] == 0 for info in report.open_sets.values())
+
+
 def test_sampling_keeps_every_field_s_share():
     items = [{"set": "facts_open", "field": f, "question": f"{f}{i}"} for f in "ab" for i in range(20)] + \
             [{"set": "facts_open", "field": "c", "question": "c0"}]

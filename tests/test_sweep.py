@@ -39,6 +39,13 @@ def test_a_data_scaling_sweep_runs_each_point_as_a_cached_finetune_and_compares_
         assert 0 <= row["acc"] <= 1 and row["acc_stderr"] > 0 and row["best_baseline"] is not None
         assert row["checkpoint"] == "checkpoint-4" and row["promoted"] is False
 
+    spoken = result["open_rows"]
+    assert {(r["fraction"], r["set"], r["metric"]) for r in spoken} == {
+        (f, s, m) for f in (0.5, 1.0) for s in ("facts_open", "prose_open") for m in grids.OPEN_METRICS
+        if (s, m) != ("prose_open", "answer_match")}, "a prose reference is a sentence: nothing to match"
+    assert all(r["decoding"] == "greedy" and r["checkpoint"] == "checkpoint-4" and r["stderr"] is not None
+               for r in spoken)
+
     again = sweep(grid=grid, overrides=common, sample_sources=samples.base_url)
     for run in again["runs"]:  # ingest asks the sources again; everything it feeds is reused
         assert {run["stages"][s]["state"] for s in ("dataset", "model", "checkpoints", "evaluation")} == {"Cached"}, run
