@@ -10,6 +10,7 @@ how an answer is generated.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Iterable
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,14 @@ class Answer:
     question: str
     base: str
     tuned: str
+
+
+def from_answers(answers: Iterable[dict[str, Any]], set_name: str, step: int) -> list[Answer]:
+    """Step 0's and `step`'s answers to the items of `set_name`, paired item by item, from the
+    open-question answers (`answers.jsonl` rows)."""
+    by_item = {(a["step"], a["item"]): a for a in answers if a["set"] == set_name}
+    return [Answer(by_item[(0, i)]["question"], by_item[(0, i)]["answer"], by_item[(step, i)]["answer"])
+            for i in sorted(i for s, i in by_item if s == 0) if (step, i) in by_item]
 
 
 def markdown(domain: str, checkpoint: str, answers: list[Answer], promoted: bool, decoding: str = "greedy") -> str:

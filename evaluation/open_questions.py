@@ -32,12 +32,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from loretune.dataset import opensets
 from loretune.evaluation import generation_metrics as gm
 from loretune.model.chat_format import question_messages
 from loretune.model.checkpoints import Checkpoint, at_step, load_adapters
 from loretune.model.generate import Decoding, generate_batch, stop_ids
 from loretune.stats import mean_stderr, paired_difference
 
+PROBES = "probes"  # the before / after questions, a tiny open set answered at the gate's decoding point
 TABLE_FILE = "generation.csv"
 ANSWERS_FILE = "answers.jsonl"
 CELLS_FILE = "cells.csv"
@@ -106,6 +108,18 @@ class AnswerCache:
         with os.fdopen(handle, "w") as out:
             json.dump(rows, out)
         os.replace(tmp, self.folder / f"{key}.json")
+
+
+def sets_to_ask(dataset_dir: Path, user_sets: Sequence[Any], max_items: int | None, seed: int,
+                probe_questions: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """The built-in open sets and the user's (`opensets.UserSet`), each sampled to `max_items`, and
+    the probes: `probe_questions` (no reference: answered, not scored), else facts_open's first three."""
+    built = opensets.load_open_sets(dataset_dir)
+    sets = {name: opensets.sample_open(items, max_items, seed) for name, items in built.items()}
+    sets.update({s.name: opensets.sample_open(opensets.load_user_open_set(s), max_items, seed) for s in user_sets})
+    asked = [{"question": q, "reference": "", "answers": []} for q in probe_questions]
+    probes = asked or sets.get("facts_open", [])[:3]
+    return {**sets, PROBES: probes}
 
 
 # --- one cell ----------------------------------------------------------------------------------

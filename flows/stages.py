@@ -13,11 +13,11 @@ from loretune.config import LoretuneConfig, load_config
 from loretune.dataset import mix
 from loretune.dataset.evalsets import BUILTIN_SETS, EvalSetError, UserSet, user_sets
 from loretune.dataset.opensets import OPEN_SETS, user_open_sets
+from loretune.evaluation.open_questions import PROBES
 from loretune.model.base_models import describe_source
 from loretune.samples.server import sample_overrides
 from loretune.store import ArtifactRef
 from loretune.tasks.dataset import build_dataset
-from loretune.tasks.evaluation import PROBES
 from loretune.tasks.features import extract_features
 from loretune.tasks.images import fetch_images
 from loretune.tasks.ingest import ingest_documents

@@ -12,7 +12,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from loretune.config import EvaluationConfig, state_dir
-from loretune.dataset import evalsets, opensets
+from loretune.dataset import evalsets
 from loretune.dataset.evalsets import UserSet
 from loretune.dataset.layout import system_prompt
 from loretune.evaluation import before_after, binary_choice, heatmap, open_questions, promotion
@@ -29,7 +29,6 @@ BASELINES = "baselines.json"
 PER_ITEM = "per_item.jsonl"
 PLOT = "accuracy.png"
 BEFORE_AFTER = "before_after.json"
-PROBES = "probes"  # the before / after questions, a tiny open set answered at the gate's decoding point
 REPORT_METRICS = ("answer_match", "rougeL", "bleu", "chrf", "bertscore_f1", "answer_tokens", "stopped")
 HEATMAP_METRICS = ("answer_match", "rougeL", "bleu", "chrf", "bertscore_f1", "answer_tokens")
 
@@ -70,11 +69,13 @@ def evaluate_checkpoints(store: str, domain: str, checkpoints: ArtifactRef, data
 
     def say(out: Path) -> list[dict]:
         """Every checkpoint and step 0 answer the open sets over the decoding grid (cached per cell)."""
-        open_sets = load_open_sets(dataset_dir, open_user_sets or [], params)
+        open_sets = open_questions.sets_to_ask(dataset_dir, open_user_sets or [], params.max_open_items, params.seed,
+                                               params.probe_questions)
         gate_point = [p for p in points if p.name == params.promote.decoding] or points[:1]
         spoken = open_questions.evaluate_open(
             base_model=base_model_location(base), checkpoints=found, sets=open_sets,
-            grid={name: gate_point if name == PROBES else points for name in open_sets}, seeds=params.seeds,
+            grid={name: gate_point if name == open_questions.PROBES else points for name in open_sets},
+            seeds=params.seeds,
             system=system_prompt(dataset_dir), batch_size=params.generation_batch_size,
             cache=open_questions.AnswerCache(state_dir() / "generation-cache"),
             model_keys={0: json.dumps({"base": base.version, **runtime}, sort_keys=True),
@@ -110,10 +111,7 @@ def evaluate_checkpoints(store: str, domain: str, checkpoints: ArtifactRef, data
         checkpoint, read from the open-question answers (the same generation as every other cell)."""
         chosen = next((c for c in found if c.path.name == decision["promoted"]), found[-1])
         answers = [json.loads(line) for line in (out / open_questions.ANSWERS_FILE).read_text().splitlines()]
-        probes = {(a["step"], a["item"]): a for a in answers if a["set"] == PROBES}
-        pairs = [before_after.Answer(probes[(0, i)]["question"], probes[(0, i)]["answer"],
-                                     probes[(chosen.step, i)]["answer"])
-                 for i in sorted(i for step, i in probes if step == 0) if (chosen.step, i) in probes]
+        pairs = before_after.from_answers(answers, open_questions.PROBES, chosen.step)
         for answer in pairs:
             logger.info("before/after: %s\n  base:       %s\n  %s: %s", answer.question, answer.base,
                         chosen.path.name, answer.tuned)
@@ -124,18 +122,6 @@ def evaluate_checkpoints(store: str, domain: str, checkpoints: ArtifactRef, data
     ref = publish_stage(EVALUATION, build, announce_manifest=False)
     publish_report(domain, ref)
     return ref
-
-
-def load_open_sets(dataset_dir: Path, user_sets: list[UserSet], params: EvaluationConfig) -> dict[str, list[dict]]:
-    """The built-in open sets and the user's, each sampled to `max_open_items`, and the probes: the
-    configured probe questions, else the first three of facts_open."""
-    sets = {name: opensets.sample_open(items, params.max_open_items, params.seed)
-            for name, items in opensets.load_open_sets(dataset_dir).items()}
-    sets.update({s.name: opensets.sample_open(opensets.load_user_open_set(s), params.max_open_items, params.seed)
-                 for s in user_sets})
-    probes = ([{"question": q, "reference": "", "answers": []} for q in params.probe_questions]
-              or sets.get("facts_open", [])[:3])
-    return {**sets, PROBES: probes}
 
 
 def read_table(ref: ArtifactRef) -> list[dict]:
@@ -186,13 +172,14 @@ def publish_report(domain: str, ref: ArtifactRef) -> None:
                                           f"seeds ± standard error (evaluation {ref.version})")
         for metric in HEATMAP_METRICS:
             announce_png(f"{domain}-generation-{metric.lower().replace('_', '-')}",
-                         ref.local_path() / f"generation_{metric}.png", f"open questions: {metric}", f"{metric} per checkpoint and decoding point "
-                                                      f"(evaluation {ref.version})")
+                         ref.local_path() / f"generation_{metric}.png", f"open questions: {metric}",
+                         f"{metric} per checkpoint and decoding point (evaluation {ref.version})")
     compared = read_before_after(ref)
     if compared:
         create_markdown_artifact(key=f"{domain}-before-after", description="answers: base vs fine-tuned",
                                  markdown=before_after.markdown(
-                                     domain, compared["checkpoint"], [before_after.Answer(**a) for a in compared["answers"]],
+                                     domain, compared["checkpoint"],
+                                     [before_after.Answer(**a) for a in compared["answers"]],
                                      compared["promoted"], compared.get("decoding", "greedy")))
 
 

@@ -320,3 +320,13 @@ def test_the_chat_starts_at_the_recommended_point(point, expected):
 
     temperature, top_p, note = ServableModel("m", "merged", Path("m"), None, "", "", point).starting_settings()
     assert (temperature, top_p) == expected[:2] and expected[2] in note
+
+
+def test_the_before_after_pairs_step_0_with_the_chosen_checkpoint_item_by_item():
+    from loretune.evaluation import before_after
+
+    answers = [{"step": step, "set": name, "item": item, "question": f"q{item}", "answer": f"{step}:{item}"}
+               for step in (0, 10, 20) for name in ("probes", "facts_open") for item in (1, 0)]
+    pairs = before_after.from_answers(answers, "probes", 20)
+    assert [(a.question, a.base, a.tuned) for a in pairs] == [("q0", "0:0", "20:0"), ("q1", "0:1", "20:1")]
+    assert before_after.from_answers(answers, "probes", 30) == [], "a step with no answers pairs nothing"
