@@ -69,10 +69,6 @@ class Point:
         """Sampling runs once per seed; greedy and beam search give the same answers every time."""
         return list(range(n)) if self.decoding.do_sample else [0]
 
-    @property
-    def plain_greedy(self) -> bool:
-        return not self.decoding.do_sample and self.decoding.num_beams == 1
-
 
 def set_digest(items: Sequence[dict[str, Any]]) -> str:
     """A set's version: what is asked and what counts as right, nothing about where it came from."""
