@@ -23,9 +23,9 @@ from typing import Any, Iterable, Literal, Sequence
 
 from datasets import Dataset, DatasetDict
 
-from loretune.dataset import builders, card, dedup, evalsets, mix, opensets
-from loretune.dataset.builders import (  # noqa: F401  (the phrasings, for tests and callers)
-    TRAIN_FACT_TEMPLATES, TRAIN_IMAGE_TEMPLATES, chunk_prose)
+from loretune.dataset import builders, card, dedup, evalsets, fact_renderings, mix, opensets
+from loretune.dataset.builders import TRAIN_IMAGE_TEMPLATES, chunk_prose  # noqa: F401  (for tests and callers)
+from loretune.dataset.fact_renderings import TRAIN_QUESTION_TEMPLATES, Teaching  # noqa: F401
 from loretune.dataset.layout import BUILD_REPORT, EVAL_DIR, SFT_DIR
 
 SKIP_FIELDS = {"name", "image", "caption", "title"}
@@ -68,6 +68,8 @@ class BuildReport:
     # training examples dropped as near-duplicates of another document's, per "dropped ~ kept" source
     near_duplicate_examples: dict[str, int] = field(default_factory=dict)
     near_duplicate_samples: list[str] = field(default_factory=list)
+    # per kind of fact (whole field, list entry, prose relation): facts, and answers stating each in the train split
+    exposures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -107,13 +109,17 @@ def revision(source: str, doc_id: str, meta: dict[str, Any]) -> str:
 
 
 def training_examples(pages: Sequence[LorePage], system: str, max_answer_chars: int,
-                      skipped: Counter | None = None) -> list[dict[str, Any]]:
-    """Every page through its source's builders (`dataset/builders.py`), as chat rows with the
-    page's provenance; `skipped` counts, per (source / builder, reason), documents a builder passed over."""
+                      skipped: Counter | None = None, teaching: Teaching = Teaching(),
+                      seed: int = 0) -> list[dict[str, Any]]:
+    """Every page through its source's builders (`dataset/builders.py`) and the fact and prose
+    renderings (`dataset/fact_renderings.py`), as chat rows with the page's provenance; `skipped`
+    counts, per (source / builder, reason), documents a builder passed over."""
     rows = []
+    lore = fact_renderings.lore_builders(pages, teaching, seed)
     for page in pages:
         source = builders.source_of(page)
-        for builder in builders.builders_for(page):
+        known = source in builders.SOURCE_BUILDERS
+        for builder in builders.builders_for(page) + lore.get(source if known else "fandom", ()):
             for made in builder(page, max_answer_chars):
                 if isinstance(made, builders.Skipped):
                     if skipped is not None:
@@ -128,7 +134,7 @@ def _row(draft: builders.Draft, builder: str, page: LorePage, system: str) -> di
     messages = [{"role": "system", "content": system},
                 *({"role": roles[i % 2], "content": turn} for i, turn in enumerate(draft.turns))]
     return {"messages": messages, "image_sha256": draft.image, "kind": draft.kind, "doc_id": page.doc_id,
-            "builder": builder, **{k: page.provenance.get(k, "") for k in PROVENANCE}}
+            "builder": builder, "facts": list(draft.facts), **{k: page.provenance.get(k, "") for k in PROVENANCE}}
 
 
 def permute_facts(pages: Sequence[LorePage], seed: int, tries: int = 500) -> list[LorePage]:
@@ -233,7 +239,7 @@ def mixed_examples(sources: Sequence[dict[str, Any]], system: str, lore_examples
         for j, messages in enumerate(mix.take(conversations, n, seed=seed + i)):
             if messages[0]["role"] != "system":
                 messages = [{"role": "system", "content": system}, *messages]
-            rows.append({"messages": messages, "image_sha256": "", "kind": "mix", "doc_id": f"mix:{name}:{j}",
+            rows.append({"messages": messages, "image_sha256": "", "kind": "mix", "doc_id": f"mix:{name}:{j}", "facts": [],
                          "builder": f"mix.{source['format']}", "source": "mix", "url": source["path"],
                          "revision": source.get("sha256", ""), "license": "", "attribution": ""})
         taken[name] = rows
@@ -253,6 +259,7 @@ def build_dataset(
     control: Literal["none", "permuted_facts"] = "none",
     mix: Sequence[dict[str, Any]] = (),
     fraction: float = 1.0,
+    teaching: Teaching = Teaching(),
 ) -> BuildReport:
     """Write `sft/` (train/validation chat examples) and `eval/<set>.jsonl` under `out_dir`."""
     if not pages:
@@ -260,7 +267,7 @@ def build_dataset(
     system = system_prompt.format(domain=domain)
     taught = permute_facts(pages, seed) if control == "permuted_facts" else pages
     skipped: Counter = Counter()
-    built = training_examples(taught, system, max_answer_chars, skipped)
+    built = training_examples(taught, system, max_answer_chars, skipped, teaching, seed)
     lore = [r for r in built if all(m["content"] for m in r["messages"][1:])]
     empty_answers = len(built) - len(lore)
     rows = lore
@@ -280,14 +287,17 @@ def build_dataset(
                          mixed={name: len(taken) for name, taken in mixed.items()},
                          examples=dict(sorted(Counter(f"{r['source']} / {r['builder']}" for r in rows).items())),
                          empty_answers=empty_answers, skipped=_nested(skipped), near_duplicate_examples=dict(sorted(near_duplicates.items())),
-                         near_duplicate_samples=near_duplicate_samples)
-    # The evaluation sets are built against the whole lore, never against the share of it a sweep
-    # point trains on nor what the near-duplicate pass kept: the distractors are balanced on
-    # frequencies in that text, so every point of a data-scaling sweep, every threshold, answers
-    # the same questions with the same options and their scores compare item by item. A question
-    # any offered example asks (lore or mixed) is dropped as leaked.
+                         near_duplicate_samples=near_duplicate_samples,
+                         exposures=exposure_report(rows[n_val:], taught, teaching))
+    # The evaluation sets are built against the whole lore as taught (every rendering of every
+    # fact), never against the share of it a sweep point trains on nor what the near-duplicate
+    # pass kept: the distractors are balanced on frequencies in that text, which is what a model
+    # with no knowledge could exploit (the evaluation's "more common" baseline counts the same
+    # text). So every point of a data-scaling sweep, every threshold and every training budget
+    # answers the same questions with the same options, and their scores compare item by item. A
+    # question any offered example asks, in any turn (lore or mixed), is dropped as leaked.
     lore_texts = [m["content"] for r in lore for m in r["messages"]]
-    offered_prompts = {r["messages"][1]["content"] for r in lore + mixed_rows}
+    offered_prompts = {m["content"] for r in lore + mixed_rows for m in r["messages"] if m["role"] == "user"}
     sets = build_eval_sets(pages, lore_texts, offered_prompts, seed, near_duplicate_threshold, report)
     sets.update(build_open_sets(pages, lore_texts, offered_prompts, seed, near_duplicate_threshold, report))
     by_doc = {page.doc_id: page.provenance for page in pages}
@@ -304,6 +314,22 @@ def build_dataset(
     (out_dir / BUILD_REPORT).write_text(json.dumps({**report.as_dict(), "system_prompt": system}, indent=2))
     (out_dir / "README.md").write_text(card.dataset_card(domain, pages, report, mix, sets))
     return report
+
+
+def exposure_report(train_rows: Sequence[dict[str, Any]], pages: Sequence[LorePage],
+                    teaching: Teaching) -> dict[str, dict[str, Any]]:
+    """How often the training split states each fact, per kind: the facts the lore has (a fact
+    the split never states counts as 0), and the fewest, mean and most statements of one."""
+    counts = fact_renderings.exposure_counts(key for row in train_rows for key in row.get("facts", []))
+    facts = {f.key: ("entry" if f.entry else "field") for page in pages for f in fact_renderings.page_facts(page)}
+    kinds: dict[str, list[int]] = {"field": [], "entry": [], "relation": []}
+    for key, kind in facts.items():
+        kinds[kind].append(counts.get(key, 0))
+    kinds["relation"] = [n for key, n in counts.items() if key not in facts]
+    report = {kind: {"facts": len(n), "min": min(n), "mean": round(sum(n) / len(n), 2), "max": max(n)}
+              for kind, n in kinds.items() if n}
+    return {**report, "per_epoch_target": {"facts": teaching.exposures + teaching.paragraphs,
+                                           "relations": teaching.relation_exposures}}
 
 
 def _nested(counts: Counter) -> dict[str, dict[str, int]]:

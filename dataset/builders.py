@@ -6,6 +6,10 @@ were answered too), a video what it says chapter by chapter, an article what eac
 A builder that cannot make a good example from a document yields a `Skipped` with its reason,
 so the dataset card can say what was left out and why instead of quietly training on less.
 
+Facts and the relations prose states are taught by `fact_renderings`, whose builders need the
+whole lore (which value one subject alone holds, which names the lore knows): `lore_builders`
+adds them to these per source.
+
 Builders are plain generators over a page (`dataset.LorePage`: title, text, facts, images, meta and
 provenance); the row format, the system prompt and the provenance columns are the dataset's business.
 """
@@ -19,13 +23,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 if TYPE_CHECKING:
     from loretune.dataset.assemble import LorePage
 
-# Training phrasings of a fact question. Answers are the bare value, which is also what an
-# evaluation option is scored as, so a fact learnt in training is measured as itself.
-TRAIN_FACT_TEMPLATES = (
-    "What is the {field} of {title}?",
-    "Name the {field} of {title}.",
-    "{title}: {field}?",
-)
 TRAIN_IMAGE_TEMPLATES = (
     "Who or what is shown in this picture?",
     "Name what this image depicts.",
@@ -52,6 +49,7 @@ class Draft:
     turns: tuple[str, ...]
     kind: str
     image: str = ""
+    facts: tuple[str, ...] = ()  # the facts its answers state, one key per statement (fact_renderings)
 
 
 @dataclass(frozen=True)
@@ -82,14 +80,6 @@ def is_question(text: str) -> bool:
 
 
 # --- Fandom ------------------------------------------------------------------------------------
-
-
-def infobox_facts(page: LorePage, max_chars: int) -> Built:
-    if not page.facts:
-        yield Skipped("no infobox")
-    for key, values in page.facts.items():
-        for template in TRAIN_FACT_TEMPLATES:
-            yield Draft((template.format(field=key, title=page.title), ", ".join(values)), "fact")
 
 
 def prose_chunks(page: LorePage, max_chars: int) -> Built:
@@ -261,7 +251,7 @@ def _where(page: LorePage) -> str:
 
 # Which builders make examples from which source's documents, in this order.
 SOURCE_BUILDERS: dict[str, tuple[Builder, ...]] = {
-    "fandom": (prose_chunks, infobox_facts, page_image),
+    "fandom": (prose_chunks, page_image),  # + infobox_facts and prose_relations (`fact_renderings`)
     "reddit": (reddit_answers, reddit_threads, document_images),
     "youtube": (video_transcript, document_images),
     "sportskeeda": (article_sections, document_images),

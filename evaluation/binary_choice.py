@@ -30,6 +30,7 @@ import numpy as np
 from loretune.model.chat_format import IGNORE, ChatFormat, question_messages
 from loretune.model.checkpoints import Checkpoint, at_step, eval_losses, load_adapters
 from loretune.model.collator import FusionCollator
+from loretune.model.loading import autocast
 from loretune.model.scoring import loglikelihoods
 from loretune.stats import mcnemar_p, mean_stderr, paired_difference
 
@@ -162,9 +163,12 @@ def evaluate_checkpoints(
     batch_size: int,
     max_length: int,
     attn_implementation: str = "sdpa",
+    precision: str = "fp32",
     log: Callable[[str], None] = print,
 ) -> Evaluation:
-    """One table row per (checkpoint, set), step 0 included; and every item's scores."""
+    """One table row per (checkpoint, set), step 0 included; and every item's scores. `precision`
+    "bf16" scores under bf16 autocast on a CPU (`model.loading.autocast`); the agreement with
+    lm-evaluation-harness is tested at fp32."""
     if not checkpoints:
         raise ValueError("no checkpoints to evaluate")
     loaded, model = load_adapters(base_model, checkpoints, attn_implementation)
@@ -180,7 +184,7 @@ def evaluate_checkpoints(
     table, per_item, base = [], [], {}
     for step, checkpoint in [(0, None), *[(c.step, c) for c in checkpoints]]:
         label = checkpoint.path.name if checkpoint else "base"
-        with at_step(model, checkpoint):
+        with at_step(model, checkpoint), autocast(device, precision):
             scored = score_sets(model, requests, sets, collator, batch_size, device)
             for name, scores in scored.items():
                 base.setdefault(name, scores)

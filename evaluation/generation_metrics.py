@@ -131,10 +131,17 @@ def _bert_scorer(model_dir: str) -> object:
 
 
 def bertscore_f1(answers: Sequence[str], references: Sequence[str], model_dir: Path | None = None) -> list[float]:
-    """Per item, BERTScore F1 with the packaged MiniLM (or `model_dir`), no baseline rescaling."""
-    scorer = _bert_scorer(str(model_dir or packaged_minilm()))
-    _, _, f1 = scorer.score(list(answers), list(references), verbose=False)
-    return [float(v) for v in f1]
+    """Per item, BERTScore F1 with the packaged MiniLM (or `model_dir`), no baseline rescaling. An
+    empty answer scores 0 (bert-score cannot encode one: it asks the tokenizer for a method
+    transformers 5 removed), as it says nothing."""
+    said = [i for i, answer in enumerate(answers) if answer.strip()]
+    scores = [0.0] * len(answers)
+    if said:
+        scorer = _bert_scorer(str(model_dir or packaged_minilm()))
+        _, _, f1 = scorer.score([answers[i] for i in said], [references[i] for i in said], verbose=False)
+        for i, value in zip(said, f1):
+            scores[i] = float(value)
+    return scores
 
 
 PER_ITEM_METRICS = ("answer_match", "rouge1", "rouge2", "rougeL", "bertscore_f1")

@@ -22,8 +22,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -34,9 +32,10 @@ import numpy as np
 
 from loretune.dataset import opensets
 from loretune.evaluation import generation_metrics as gm
-from loretune.model.chat_format import question_messages
+from loretune.model.answer_cache import AnswerCache  # noqa: F401  (the evaluation's cache)
 from loretune.model.checkpoints import Checkpoint, at_step, load_adapters
-from loretune.model.generate import Decoding, generate_batch, stop_ids
+from loretune.model.generate import Decoding, answer_questions
+from loretune.model.loading import autocast
 from loretune.stats import mean_stderr, paired_difference
 
 PROBES = "probes"  # the before / after questions, a tiny open set answered at the gate's decoding point
@@ -76,36 +75,6 @@ def set_digest(items: Sequence[dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
-class AnswerCache:
-    """Finished cells' answers, one JSON file per cell key; written whole or not at all, so a
-    killed run leaves no half cell behind. `folder=None` caches nothing."""
-
-    def __init__(self, folder: Path | None):
-        self.folder = Path(folder) if folder else None
-
-    @staticmethod
-    def key(**parts: Any) -> str:
-        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-    def get(self, key: str) -> list[dict[str, Any]] | None:
-        path = self.folder / f"{key}.json" if self.folder else None
-        if path is None or not path.exists():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None  # unreadable: generate it again
-
-    def put(self, key: str, rows: list[dict[str, Any]]) -> None:
-        if self.folder is None:
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        with os.fdopen(handle, "w") as out:
-            json.dump(rows, out)
-        os.replace(tmp, self.folder / f"{key}.json")
-
-
 def sets_to_ask(dataset_dir: Path, user_sets: Sequence[Any], max_items: int | None, seed: int,
                 probe_questions: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     """The built-in open sets and the user's (`opensets.UserSet`), each sampled to `max_items`, and
@@ -124,13 +93,7 @@ def sets_to_ask(dataset_dir: Path, user_sets: Sequence[Any], max_items: int | No
 def generate_cell(model: Any, tokenizer: Any, fmt: Any, items: Sequence[dict[str, Any]], system: str,
                   decoding: Decoding, batch_size: int) -> list[dict[str, Any]]:
     """Per item: the answer's text, its length in new tokens, and whether it ended at a stop token."""
-    eos = stop_ids(model, tokenizer)
-    prompts = [fmt.ids(tokenizer, question_messages(system, item["question"]), add_generation_prompt=True)
-               for item in items]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
-    new = generate_batch(model, decoding, prompts, eos_ids=sorted(eos), pad_id=pad, batch_size=batch_size)
-    return [{"answer": tokenizer.decode(tokens, skip_special_tokens=True).strip(), "tokens": len(tokens),
-             "stopped": bool(tokens) and tokens[-1] in eos} for tokens in new]
+    return answer_questions(model, tokenizer, fmt, [item["question"] for item in items], system, decoding, batch_size)
 
 
 def score_cell(items: Sequence[dict[str, Any]], generated: Sequence[dict[str, Any]],
@@ -171,6 +134,7 @@ def evaluate_open(
     model_keys: dict[int, str],
     attn_implementation: str = "sdpa",
     with_bertscore: bool = True,
+    precision: str = "fp32",
     log: Callable[[str], None] = print,
 ) -> OpenEvaluation:
     """Every (step, set, point, seed) cell, step 0 included. `grid` names each set's points;
@@ -193,7 +157,7 @@ def evaluate_open(
             if not cached:
                 if model is None:
                     loaded, model = load_adapters(base_model, checkpoints, attn_implementation)
-                with at_step(model, checkpoint):
+                with at_step(model, checkpoint), autocast(loaded.device, precision):
                     generated = generate_cell(model, loaded.tokenizer, loaded.fmt, items, system, decoding, batch_size)
                 cache.put(key, generated)
             seconds = time.perf_counter() - started

@@ -35,7 +35,7 @@ def finetune(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] 
     cfg = resolve_config(config, overrides, sample_sources)
     checked = preflight(config, cfg)  # a broken set or model fails here, before any work
     tools = converter_version() if cfg.export.enabled else {}  # so does a missing llama.cpp
-    maths = runtime(cfg.training.backend, cfg.model.load_in_4bit)  # and a backend this machine lacks
+    maths = runtime(cfg.training.backend, cfg.model.load_in_4bit, cfg.training.precision)  # and a backend this machine lacks
     store, ledger = cfg.store_uri(), {}
     common = dict(store=store, domain=cfg.domain)
     data = prepare_data(cfg, ledger, config)

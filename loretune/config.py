@@ -145,6 +145,15 @@ class MixSource(Section):
         return self
 
 
+class TeachingConfig(Section):
+    """How many ways each fact is taught per epoch (`dataset/fact_renderings.py`)."""
+
+    exposures: int = Field(8, ge=1, le=200, description="question/answer turns per fact (a list entry is a fact too)")
+    paragraphs: int = Field(2, ge=0, le=50, description="shuffled summaries per page, each stating every fact")
+    turns_per_example: int = Field(4, ge=1, le=32, description="questions about one page packed per conversation")
+    relation_exposures: int = Field(2, ge=0, le=50, description="wordings per prose sentence naming another subject")
+
+
 class DatasetConfig(Section):
     seed: int = 0
     val_fraction: float = Field(0.1, ge=0.0, lt=0.5)
@@ -159,6 +168,7 @@ class DatasetConfig(Section):
     # The share of the lore's training examples kept, seeded (data-scaling sweeps); the evaluation
     # sets stay whole, so a smaller share asks about facts training no longer teaches.
     fraction: float = Field(1.0, gt=0.0, le=1.0)
+    teaching: TeachingConfig = TeachingConfig()
 
 
 class TinyModelConfig(Section):
@@ -198,6 +208,14 @@ class LoraConfig(Section):
 
 class TrainingConfig(Section):
     backend: Literal["auto", "hf", "unsloth"] = "auto"
+    # The budget: max_steps, or epochs, or exposures per fact (at most one of the last two); with
+    # epochs or exposures, `checkpoints` evenly spaced checkpoints replace save_steps.
+    epochs: float | None = Field(None, gt=0)
+    exposures: float | None = Field(None, gt=0, description="times each infobox fact is stated in training")
+    checkpoints: int = Field(2, ge=1, le=50)
+    # The base model's own greedy answers to general questions (`training/retention.py`), as this
+    # share of the lore's training examples, mixed in so the model keeps talking as it did.
+    retention: float = Field(0.0, ge=0.0, le=1.0)
     lora: LoraConfig = LoraConfig()
     learning_rate: float = Field(3e-3, gt=0)
     lr_scheduler: str = "cosine"
@@ -214,6 +232,8 @@ class TrainingConfig(Section):
     # prose, and random batches pad to their longest, so about half the computed tokens were padding.
     group_by_length: bool = True
     attn_implementation: Literal["eager", "sdpa"] = "sdpa"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 on CUDA, bf16 autocast on a CPU with native bf16 (AVX512-BF16, AMX), else fp32")
     seed: int = 0
 
     @field_validator("packing")
@@ -223,6 +243,12 @@ class TrainingConfig(Section):
             raise ValueError("packing is not supported: TRL's packing is padding-free, which refuses the image "
                              "collator loretune trains with; set training.packing: false")
         return value
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "TrainingConfig":
+        if self.epochs is not None and self.exposures is not None:
+            raise ValueError("set training.epochs or training.exposures, not both: each states the whole budget")
+        return self
 
 
 class OpenCheck(Section):
@@ -296,6 +322,8 @@ class EvaluationConfig(Section):
     seeds: int = Field(3, ge=1, le=20)  # runs of each sampled point; greedy and beam search run once
     # Prompts answered at once: on 2 CPU cores one batch of 40 took half the time of 16 + 16 + 8.
     generation_batch_size: int = Field(32, ge=1, le=256)
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="scoring and generation; auto: bf16 autocast on a CPU with native bf16, as training")
 
     @field_validator("decoding")
     @classmethod
@@ -397,6 +425,20 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
     return merged
 
 
+# Keys that each state the whole training budget: overriding one replaces the file's others, so
+# `--set training.max_steps=200` means 200 steps even where the file states exposures per fact.
+BUDGET_KEYS = ("max_steps", "epochs", "exposures")
+
+
+def one_budget(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` without the file's budget keys that an override of another budget key replaces."""
+    overridden = {key.removeprefix("training.") for key in overrides if key.startswith("training.")}
+    if not overridden & set(BUDGET_KEYS) or not isinstance(data.get("training"), dict):
+        return data
+    training = {k: v for k, v in data["training"].items() if k not in BUDGET_KEYS or k in overridden}
+    return {**data, "training": training}
+
+
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> LoretuneConfig:
     """Read, override and validate a domain config; every problem is one `ConfigError`."""
     path = Path(path)
@@ -411,7 +453,7 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    data = apply_overrides(data, overrides or {})
+    data = apply_overrides(one_budget(data, overrides or {}), overrides or {})
     try:
         return LoretuneConfig.model_validate(data)
     except ValidationError as exc:

@@ -10,9 +10,9 @@ use it, so training, evaluation, export and a chat UI all render conversations t
 - an image enters as `image_tokens` copies of one placeholder token at the start of the user turn
   (LLaVA-style); `multimodal.fusion.fuse` swaps them for the projector's soft tokens.
 
-The loss covers the assistant's answer only, through TRL's own prompt/completion format
-(`as_prompt_completion` rows, `completion_only_loss`). `encode_chat` computes the same split for
-the label check before training starts, and evaluation scores an option as that same completion.
+The loss covers the assistant's answers only: `encode_chat` labels every assistant turn of a
+conversation, the last one exactly as TRL's prompt/completion split (`as_prompt_completion`,
+`completion_only_loss`) labels it, and evaluation scores an option as that same completion.
 """
 
 from __future__ import annotations
@@ -167,15 +167,33 @@ def strip_added_token(folder: Path, token: str) -> None:
 
 def encode_chat(tokenizer: Any, messages: list[dict[str, str]], max_length: int,
                 fmt: ChatFormat | None = None) -> dict[str, Any]:
-    """Token ids and completion-only labels, as TRL builds them from `as_prompt_completion` rows;
-    and whether `max_length` cut the answer. Used for the label check before training."""
+    """Token ids and labels for training: the loss covers every assistant turn (each answer and the
+    end-of-turn the template closes it with), so a conversation packed with several questions about
+    one page teaches every answer; and whether `max_length` cut an answer.
+
+    Each answer's span is where the conversation up to it leaves the same conversation asked for
+    its next reply (`add_generation_prompt`), as TRL's prompt/completion split finds the last one.
+    A template that rewrites earlier turns when a later one follows (one that strips reasoning,
+    say) has no stable prefix: there only the last answer is labelled, as TRL would label it.
+    """
     fmt = fmt or ChatFormat()
     if not messages or messages[-1]["role"] != "assistant":
         raise ValueError(f"a training example must end with an assistant turn, got {messages[-1:]}")
-    prompt = fmt.ids(tokenizer, messages[:-1], add_generation_prompt=True)
     full = fmt.ids(tokenizer, messages, add_generation_prompt=False)
-    start = next((i for i, (a, b) in enumerate(zip(prompt, full)) if a != b), min(len(prompt), len(full)))
-    truncated = len(full) > max_length
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        asked = fmt.ids(tokenizer, messages[:i], add_generation_prompt=True)
+        through = full if i == len(messages) - 1 else fmt.ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        start = next((j for j, (a, b) in enumerate(zip(asked, through)) if a != b), min(len(asked), len(through)))
+        if through != full[: len(through)]:  # no stable prefix: the last answer only
+            spans = []
+            continue
+        spans.append((start, len(through)))
+    truncated = any(end > max_length for _, end in spans)
     full = full[:max_length]
-    labels = [IGNORE] * min(start, max_length) + full[start:]
+    labels = [IGNORE] * len(full)
+    for start, end in spans:
+        labels[start:end] = full[start:end]
     return {"input_ids": full, "labels": labels, "truncated": truncated}

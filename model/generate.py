@@ -135,3 +135,18 @@ def generate_batch(model: Any, decoding: Decoding, prompts: Sequence[Sequence[in
             end = next((i + 1 for i, token in enumerate(row) if token in eos), len(row))
             answers.append(row[:end])
     return answers
+
+
+def answer_questions(model: Any, tokenizer: Any, fmt: Any, questions: Sequence[str], system: str,
+                     decoding: Decoding, batch_size: int) -> list[dict[str, Any]]:
+    """Per question, asked as every stage asks one (`question_messages`): the answer's text, its
+    length in new tokens, and whether it ended at a stop token (not at `max_new_tokens`)."""
+    from loretune.model.chat_format import question_messages
+
+    eos = stop_ids(model, tokenizer)
+    prompts = [fmt.ids(tokenizer, question_messages(system, question), add_generation_prompt=True)
+               for question in questions]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
+    new = generate_batch(model, decoding, prompts, eos_ids=sorted(eos), pad_id=pad, batch_size=batch_size)
+    return [{"answer": tokenizer.decode(tokens, skip_special_tokens=True).strip(), "tokens": len(tokens),
+             "stopped": bool(tokens) and tokens[-1] in eos} for tokens in new]

@@ -8,6 +8,7 @@ from prefect import get_run_logger, task
 
 from loretune.config import DatasetConfig
 from loretune.dataset import assemble, evalsets
+from loretune.dataset.fact_renderings import Teaching
 from loretune.fingerprint import stage_code_version
 from loretune.ingest.documents import read_documents
 from loretune.multimodal.images import read_index
@@ -31,7 +32,8 @@ def build_dataset(store: str, domain: str, documents: ArtifactRef, images_ref: A
         report = assemble.build_dataset(
             pages, out, domain=domain, system_prompt=params.system_prompt, max_answer_chars=params.max_answer_chars,
             val_fraction=params.val_fraction, seed=params.seed, near_duplicate_threshold=params.near_duplicate_threshold,
-            control=params.control, mix=mix_sources or [], fraction=params.fraction)
+            control=params.control, mix=mix_sources or [], fraction=params.fraction,
+            teaching=Teaching(**params.teaching.model_dump()))
         dropped = report.dropped_exact + report.dropped_near_duplicate
         logger.info("dataset: %s train / %s validation examples; eval sets %s; contamination check dropped %s "
                     "eval questions (%s exact, %s near-duplicate)", report.train, report.validation,
@@ -40,6 +42,9 @@ def build_dataset(store: str, domain: str, documents: ArtifactRef, images_ref: A
         logger.info("dataset: open-question sets %s", ", ".join(
             f"{k} {v['items']} ({v['not_taught']} dropped: answer not in the training text)"
             for k, v in report.open_sets.items()))
+        logger.info("dataset: statements per fact in the training split (per epoch): %s", "; ".join(
+            f"{kind} {v['facts']} facts, {v['min']}-{v['max']} (mean {v['mean']})"
+            for kind, v in report.exposures.items() if "mean" in v))
         logger.info("dataset: examples by source / builder: %s; the card is README.md in the artifact",
                     ", ".join(f"{k} {v}" for k, v in report.examples.items()))
         if report.skipped:

@@ -19,6 +19,7 @@ from loretune.evaluation import before_after, binary_choice, heatmap, open_quest
 from loretune.evaluation.table import TABLE_FILE
 from loretune.fingerprint import stage_code_version
 from loretune.model.checkpoints import list_checkpoints
+from loretune.model.loading import training_precision
 from loretune.multimodal.clip import read_features
 from loretune.store import ArtifactRef
 from loretune.tasks.model import base_model_location
@@ -50,7 +51,7 @@ def evaluate_checkpoints(store: str, domain: str, checkpoints: ArtifactRef, data
             base_model=base_model_location(base), checkpoints=found, sets=sets, system=system_prompt(dataset_dir),
             features=read_features(features.local_path() / "features.parquet"),
             batch_size=params.batch_size, max_length=max_length, attn_implementation=attn_implementation,
-            log=logger.info)
+            precision=precision, log=logger.info)
         pd.DataFrame(result.table, columns=binary_choice.TABLE_COLUMNS).to_csv(out / TABLE_FILE, index=False)
         (out / BASELINES).write_text(json.dumps(baselines, indent=2, sort_keys=True))
         (out / PER_ITEM).write_text("".join(json.dumps(r) + "\n" for r in result.per_item))
@@ -78,10 +79,10 @@ def evaluate_checkpoints(store: str, domain: str, checkpoints: ArtifactRef, data
             seeds=params.seeds,
             system=system_prompt(dataset_dir), batch_size=params.generation_batch_size,
             cache=open_questions.AnswerCache(state_dir() / "generation-cache"),
-            model_keys={0: json.dumps({"base": base.version, **runtime}, sort_keys=True),
-                        **{c.step: json.dumps({"checkpoints": checkpoints.version, "name": c.path.name, **runtime},
+            model_keys={0: json.dumps({"base": base.version, **maths}, sort_keys=True),
+                        **{c.step: json.dumps({"checkpoints": checkpoints.version, "name": c.path.name, **maths},
                                               sort_keys=True) for c in found}},
-            attn_implementation=attn_implementation, log=logger.info)
+            attn_implementation=attn_implementation, precision=precision, log=logger.info)
         table = spoken.table()
         pd.DataFrame(table, columns=open_questions.TABLE_COLUMNS).to_csv(out / open_questions.TABLE_FILE, index=False)
         (out / open_questions.ANSWERS_FILE).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
@@ -97,6 +98,10 @@ def evaluate_checkpoints(store: str, domain: str, checkpoints: ArtifactRef, data
         return table
 
     points = [open_questions.Point.from_dict(p.model_dump()) for p in params.decoding]
+    precision = training_precision(runtime.get("device", "cpu"), params.precision)
+    maths = {**runtime, "evaluation_precision": precision}  # what an answer in the cache was computed with
+    logger.info("evaluate: scoring and generating in %s%s", precision,
+                " autocast" if precision == "bf16" and runtime.get("device") == "cpu" else "")
 
     def recommendations(table: list[dict]) -> dict[str, dict | None]:
         """Per checkpoint, the decoding point to serve it with (on the first open check's set and metric)."""

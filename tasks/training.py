@@ -8,6 +8,7 @@ only a finished run is published to the store.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -15,14 +16,18 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from loretune.config import TrainingConfig, state_dir
+from loretune.dataset.layout import BUILD_REPORT, system_prompt
+from loretune.model.answer_cache import AnswerCache
+from loretune.model.chat_format import ChatFormat
+from loretune.model.loading import training_precision
 from loretune.fingerprint import stage_code_version
 from loretune.multimodal.clip import read_features
 from loretune.store import ArtifactRef
 from loretune.tasks.model import base_model_location
 from loretune.tasks.stage import StageCache, announce_png, publish_stage, stage_inputs
 from loretune.training import scratch as scratch_dirs
-from loretune.training import sft, worker
-from loretune.training.recipe import Recipe
+from loretune.training import retention, sft, worker
+from loretune.training.recipe import Recipe, budget_steps
 
 # The unsloth helper (training/unsloth_lora.py) is in this version too: sft imports it lazily, and
 # the import graph reads imports from the source, so nothing here has to import unsloth.
@@ -30,12 +35,34 @@ CHECKPOINTS = StageCache(stage="checkpoints", code=stage_code_version(__name__))
 # Flow runs that train take turns on a GPU: the stack gives this tag a concurrency limit of 1.
 GPU_TAG = "gpu"
 LOSS_PLOT = "loss.png"
+RETENTION_FILE = "retention.jsonl"  # the base's answers the retention share trained on
 
 
 def clip_spec(features: ArtifactRef) -> dict:
     """The CLIP the features stage embedded with (its parameters), for the projector's spec."""
     params = features.manifest()["parameters"].get("params", {})
     return {"model": params.get("clip_model"), "pretrained": params.get("pretrained"), "seed": params.get("seed", 0)}
+
+
+def retention_count(params: TrainingConfig, dataset_dir: Path) -> int:
+    """How many retention examples join the split: `retention` x the lore's training examples."""
+    return round(params.retention * json.loads((dataset_dir / BUILD_REPORT).read_text())["train"])
+
+
+def resolve_recipe(params: TrainingConfig, dataset_dir: Path, extra_examples: int = 0) -> tuple[Recipe, str]:
+    """The recipe with its step budget resolved from epochs or exposures per fact (`budget_steps`),
+    read off the dataset's build report (plus the retention examples), and the budget in words."""
+    values = params.model_dump()
+    epochs, exposures, checkpoints = values.pop("epochs"), values.pop("exposures"), values.pop("checkpoints")
+    values.pop("retention")
+    report = json.loads((dataset_dir / BUILD_REPORT).read_text())
+    steps, budget = budget_steps(
+        max_steps=params.max_steps, epochs=epochs, exposures=exposures, train_examples=report["train"] + extra_examples,
+        statements_per_epoch=report.get("exposures", {}).get("field", {}).get("mean"),
+        effective_batch=params.batch_size * params.gradient_accumulation_steps)
+    if epochs is not None or exposures is not None:
+        values.update(max_steps=steps, save_steps=max(1, math.ceil(steps / checkpoints)))
+    return Recipe.from_dict(values), budget
 
 
 @task(name="train", cache_policy=CHECKPOINTS, persist_result=True, tags=[GPU_TAG])
@@ -48,22 +75,27 @@ def train(store: str, domain: str, dataset_ref: ArtifactRef, features: ArtifactR
     scratch = state_dir() / "work" / f"{scratch_dirs.PREFIX}{CHECKPOINTS.version(stage_inputs())}"
     vectors = read_features(features.local_path() / "features.parquet")
 
+    retained = retention_count(params, dataset_ref.local_path())
+    recipe, budget = resolve_recipe(params, dataset_ref.local_path(), retained)
+    logger.info("train: budget %s", budget)
+
     def build(out: Path) -> dict:
         scratch_dirs.claim(scratch)
         for name in scratch_dirs.clean_others(scratch):
             logger.info("train: removed %s, scratch of another version whose run is gone", name)
         bar = create_progress_artifact(progress=0.0, key=f"{domain}-training",
-                                       description=f"training step of {params.max_steps}")
+                                       description=f"training step of {recipe.max_steps}")
 
         def progress(step: int, max_steps: int) -> None:
             update_progress_artifact(bar, progress=100.0 * step / max(max_steps, 1),
                                      description=f"training step {step} of {max_steps}")
 
+        extra = keep_talking(retained, out)
         checkpoints = worker.train_checkpoints(
             backend=runtime["backend"], dataset_dir=dataset_ref.local_path(), features=vectors,
             clip_dim=features.manifest()["counts"]["embed_dim"], base_model=base_model_location(base),
-            output_dir=scratch, cfg=Recipe.from_dict(params.model_dump()), image_tokens=image_tokens, log=logger.info, progress=progress,
-            clip=clip_spec(features), load_in_4bit=load_in_4bit)
+            output_dir=scratch, cfg=recipe, image_tokens=image_tokens, log=logger.info, progress=progress,
+            clip=clip_spec(features), load_in_4bit=load_in_4bit, extra_train=extra)
         published = sft.publish_checkpoints(scratch, out)
         sft.plot_losses(published[-1].path / "trainer_state.json", out / LOSS_PLOT, title=f"{domain}: loss per step")
         labels = json.loads((out / sft.LABELS_FILE).read_text())
@@ -71,11 +103,25 @@ def train(store: str, domain: str, dataset_ref: ArtifactRef, features: ArtifactR
         for backoff in run["oom_backoffs"]:
             logger.warning("train: out of GPU memory at step %s; went on with batch %s x accumulation %s",
                            backoff["at_step"], backoff["batch_size"], backoff["gradient_accumulation_steps"])
-        return {"checkpoints": len(published), "steps": checkpoints[-1].step, "backend": run["backend"],
+        return {"checkpoints": len(published), "steps": checkpoints[-1].step, "budget": budget,
+                "retention_examples": len(extra), "backend": run["backend"],
                 "load_in_4bit": run["load_in_4bit"], "images": run["images"],
                 "oom_backoffs": len(run["oom_backoffs"]), "training_run": run,
                 "examples_without_trainable_tokens": labels["no_trainable_tokens"],
                 "examples_with_truncated_answers": labels["truncated_answers"], "label_check": labels}
+
+    def keep_talking(count: int, out: Path) -> list:
+        """The retention share: the base's own answers to general questions (cached), kept in the artifact."""
+        if not count:
+            return []
+        system = system_prompt(dataset_ref.local_path())
+        answers = retention.base_answers(
+            base_model=base_model_location(base), model_key=json.dumps({"base": base.version, **runtime}, sort_keys=True),
+            system=system, cache=AnswerCache(state_dir() / "generation-cache"),
+            fmt=ChatFormat.load(Path(base_model_location(base))), attn_implementation=params.attn_implementation,
+            precision=training_precision(runtime["device"], params.precision), log=logger.info)
+        (out / RETENTION_FILE).write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers))
+        return retention.retention_examples(answers, system, count)
 
     ref = publish_stage(CHECKPOINTS, build)
     shutil.rmtree(scratch, ignore_errors=True)

@@ -53,7 +53,8 @@ def test_naruto_config_loads_every_value_the_file_sets():
 
     check(yaml.safe_load(NARUTO.read_text()), loaded)
     assert cfg.sources.fandom.api_url.startswith("https://"), "the domain file points at the real site"
-    assert cfg.training.save_steps < cfg.training.max_steps, "the demo must save several checkpoints"
+    assert cfg.training.exposures and cfg.training.checkpoints >= 2, \
+        "the demo states its budget in exposures per fact and saves several checkpoints"
 
 
 # --- validation errors name the file and the dotted key ---------------------------------------
@@ -267,3 +268,14 @@ def test_packing_is_refused_with_the_reason(tmp_path):
         load_config(path, {"training.packing": True})
     assert load_config(path).training.gradient_checkpointing is False
     assert load_config(path).training.attn_implementation == "sdpa"
+
+
+def test_overriding_one_budget_key_replaces_the_file_s_other():
+    """The demo states its budget in exposures per fact; `--set training.max_steps=200` still
+    means 200 steps, and an override of exposures drops nothing else."""
+    steps = load_config(NARUTO, {"training.max_steps": 200}).training
+    assert steps.max_steps == 200 and steps.exposures is None and steps.epochs is None
+    exposures = load_config(NARUTO, {"training.exposures": 12}).training
+    assert exposures.exposures == 12 and exposures.retention == load_config(NARUTO).training.retention
+    with pytest.raises(ConfigError, match="training.epochs or training.exposures, not both"):
+        load_config(NARUTO, {"training.epochs": 1, "training.exposures": 12})

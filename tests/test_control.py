@@ -49,8 +49,8 @@ def facts_accuracy(tmp_path, control: str) -> dict:
     build_and_save(layout.corpus_texts(data) * 3, tmp_path / f"base-{control}",
                    vocab_size=400, **TINY)
     # The default recipe for a random-weight model: embeddings and output layer train with LoRA.
-    cfg = Recipe.from_dict(TrainingConfig(max_steps=240, save_steps=240, batch_size=8, learning_rate=5e-3, warmup_ratio=0.0,
-                         max_length=64, lora=LoraConfig(modules_to_save=["embed_tokens", "lm_head"])).model_dump())
+    cfg = Recipe.from_dict(TrainingConfig(max_steps=480, save_steps=480, batch_size=8, learning_rate=5e-3, warmup_ratio=0.0,
+                         max_length=192, lora=LoraConfig(modules_to_save=["embed_tokens", "lm_head"])).model_dump())
     checkpoints = train(dataset_dir=data, features={}, clip_dim=8, base_model=str(tmp_path / f"base-{control}"),
                         output_dir=tmp_path / f"ckpt-{control}", cfg=cfg, image_tokens=2, log=lambda m: None)
     facts = evalsets.read_set(data / "eval" / "facts.jsonl")

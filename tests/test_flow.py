@@ -74,7 +74,10 @@ def test_manifests_record_their_inputs(cold, store):
     runtime = manifest["parameters"]["runtime"]
     assert runtime["backend"] == "hf" and runtime["dtype"] == "float32" and runtime["torch"] == torch.__version__
     dataset = ArtifactStore(store).manifest("dataset", cold["stages"]["dataset"]["version"])
-    assert manifest["details"]["label_check"]["examples"] == dataset["counts"]["train"], "every example was checked"
+    retained = manifest["counts"]["retention_examples"]
+    assert retained == round(0.1 * dataset["counts"]["train"]), "the demo's retention share joins the split"
+    assert manifest["details"]["label_check"]["examples"] == dataset["counts"]["train"] + retained, \
+        "every example was checked"
 
 
 def test_published_checkpoints_name_no_machine_path_and_keep_no_resume_state(cold, store):
@@ -288,7 +291,7 @@ def test_report_prints_a_flow_runs_evaluation_table(cold, store):
               ["2", "checkpoint-2", "sample_t0.7"], ["4", "checkpoint-4", "greedy"], ["4", "checkpoint-4", "sample_t0.7"]]
     rows = [line for line in lines if line and line[0] in {"0", "2", "4"}]
     assert [r[:2] for r in rows[:9]] == binary and [r[:3] for r in rows[9:]] == spoken * 2
-    assert "set facts (n=200" in result.output and "more_common 0.5" in result.output
+    assert "set facts (n=200" in result.output and "more_common 0.5" in result.output, result.output
     assert "open set facts_open (n=4)" in result.output and "open set prose_open (n=4)" in result.output
     assert "promoted: none" in result.output
 

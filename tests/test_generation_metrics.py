@@ -103,3 +103,9 @@ def test_decoding_refuses_sampling_knobs_without_sampling_and_says_why():
     assert (sampled["temperature"], sampled["top_p"], sampled["top_k"]) == (0.7, 0.9, 0), "no hidden top-k 50"
     assert Decoding.from_temperature(0.0, 0.9, 32) == Decoding(max_new_tokens=32)
     assert Decoding.from_temperature(0.8, 0.9, 32).sampling() == (0.8, 0.9, 0)
+
+
+def test_an_empty_answer_scores_zero_bertscore_beside_the_others():
+    """bert-score cannot encode an empty string with transformers 5; an empty answer says nothing."""
+    scores = gm.bertscore_f1(["", "Gaara is from Sunagakure."], ["Gaara is from Sunagakure."] * 2)
+    assert scores[0] == 0.0 and scores[1] > 0.9

@@ -14,7 +14,7 @@ from loretune.config import ConfigError, EvaluationConfig, load_config
 from loretune.dataset import assemble as ds
 from loretune.dataset import opensets
 from loretune.dataset.assemble import LorePage
-from loretune.dataset.builders import TRAIN_FACT_TEMPLATES
+from loretune.dataset.fact_renderings import TRAIN_QUESTION_TEMPLATES
 from loretune.dataset.evalsets import EvalSetError
 from loretune.evaluation import open_questions as oq
 from loretune.evaluation import promotion
@@ -40,7 +40,8 @@ def test_facts_open_asks_each_field_once_in_an_untrained_wording_and_accepts_the
     items = {i["field"]: i for i in opensets.facts_open_set([GAARA])}
     assert set(items) == {"affiliation", "teacher", "rank"}, "a 'None' value is no answer to ask for"
     affiliation = items["affiliation"]
-    trained = {t.format(field="affiliation", title="Gaara") for t in TRAIN_FACT_TEMPLATES}
+    trained = {t.format(field="affiliation", subject="Gaara", value="Sunagakure", name="Baki")
+               for t in TRAIN_QUESTION_TEMPLATES}
     assert affiliation["question"] not in trained
     assert affiliation["answers"] == ["Sunagakure", "the Village Hidden in the Sand"]
     assert affiliation["reference"] == "The affiliation of Gaara is Sunagakure."
@@ -82,15 +83,19 @@ def test_every_dataset_carries_open_sets_that_training_never_asks(tmp_path):
 def test_evaluation_wordings_stay_held_out_from_every_training_template(tmp_path):
     """A training template near an evaluation one would quietly drop evaluation items as leaked
     (and teach the test's wording): every pair stays below the near-duplicate threshold, for the
-    shortest and the longest fields and titles the lore has, and a build drops nothing."""
+    shortest and the longest fields, titles, values and names the lore has, and a build drops nothing."""
     from loretune.dataset import dedup, evalsets
 
-    held_out = [evalsets.FACT_TEMPLATE, opensets.OPEN_FACT_TEMPLATE]
-    for field, title in [("clan", "Baki"), ("nature type", "Kakashi Hatake"), ("affiliation", "Flying Thunder God")]:
-        for train in TRAIN_FACT_TEMPLATES:
+    held_out = [evalsets.FACT_TEMPLATE, opensets.OPEN_FACT_TEMPLATE, opensets.PROSE_TEMPLATE,
+                opensets.PROSE_SOURCE_TEMPLATE]
+    cases = [("clan", "Baki", "Uchiha", "Gaara"), ("nature type", "Kakashi Hatake", "Lightning Release", "Rin Nohara"),
+             ("affiliation", "Flying Thunder God", "Konohagakure", "Minato Namikaze")]
+    for field, title, value, name in cases:
+        for train in TRAIN_QUESTION_TEMPLATES:
             for asked in held_out:
-                a, b = (t.format(field=field, title=title) for t in (train, asked))
-                assert dedup.jaccard(dedup.words(a), dedup.words(b)) < 0.8, (a, b)
+                a = train.format(field=field, subject=title, value=value, name=name)
+                b = asked.format(field=field, title=title, name=name)
+                assert a != b and dedup.jaccard(dedup.words(a), dedup.words(b)) < 0.8, (a, b)
     report = ds.build_dataset(pages(), tmp_path, domain="test", system_prompt="S",
                               max_answer_chars=200, val_fraction=0.1, seed=0, near_duplicate_threshold=0.8)
     assert report.dropped_exact == 0 and report.dropped_near_duplicate == 0
@@ -180,6 +185,7 @@ class FakeModel:
 
         class Loaded:
             tokenizer = fmt = None
+            device = "cpu"
 
         monkeypatch.setattr(oq, "load_adapters", lambda *a, **k: (Loaded(), fake))
         monkeypatch.setattr(oq, "at_step", self.at_step)

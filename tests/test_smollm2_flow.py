@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERRIDES = ["model.base=smollm2-135m-instruct", "training.lora.modules_to_save=[]", "training.max_steps=4",
-             "training.save_steps=2", "training.batch_size=2", "training.max_length=128", "training.warmup_ratio=0",
+             "training.save_steps=2", "training.retention=0", "training.batch_size=2", "training.max_length=128", "training.warmup_ratio=0",
              "training.learning_rate=0.001", "dataset.val_fraction=0.02", "evaluation.max_items=8",
              "evaluation.probe_questions=[\"Who is Naruto Uzumaki?\"]", "evaluation.max_open_items=3",
              "evaluation.decoding=[{name: greedy, max_new_tokens: 12}]"]

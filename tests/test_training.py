@@ -59,6 +59,57 @@ def test_encode_chat_labels_only_the_answer(tokenizer):
     assert not encoded["truncated"] and encode_chat(tokenizer, messages, max_length=first + 1)["truncated"]
 
 
+def test_encode_chat_labels_every_answer_of_a_packed_conversation(tokenizer):
+    """A conversation that packs several questions about one page teaches each answer, and no
+    question: every assistant turn is labelled, user and system turns never."""
+    messages = [{"role": "system", "content": SYSTEM},
+                {"role": "user", "content": "What is the clan of Ayo?"}, {"role": "assistant", "content": "Uzumaki"},
+                {"role": "user", "content": "And the rank of Ayo?"}, {"role": "assistant", "content": "Genin"}]
+    encoded = encode_chat(tokenizer, messages, max_length=128)
+    labelled = tokenizer.decode([t for t, label in zip(encoded["input_ids"], encoded["labels"]) if label != IGNORE])
+    assert labelled.replace(" ", "").startswith("Uzumaki<|end|>") and "Genin<|end|>" in labelled.replace(" ", "")
+    assert "rank" not in labelled and "clan" not in labelled
+    last_only = encode_chat(tokenizer, messages[:1] + messages[3:], max_length=128)
+    assert sum(label != IGNORE for label in encoded["labels"]) > sum(label != IGNORE for label in last_only["labels"])
+
+
+def test_the_labelled_positions_loss_is_the_model_s_own_loss(tokenizer):
+    """`training/loss.py` projects only labelled positions through the LM head: the same loss and
+    the same gradients as the model's full-logits loss, on a LoRA-wrapped model with padding."""
+    from peft import LoraConfig, get_peft_model
+
+    from loretune.training.loss import labelled_loss, supports
+
+    model = get_peft_model(build_tiny_llama(tokenizer, **TINY), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(0)
+    ids = torch.randint(5, 300, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    labels = ids.masked_fill(torch.rand(ids.shape) < 0.5, IGNORE).masked_fill(mask == 0, IGNORE)
+    theirs = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    theirs.backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    ours, correct, count = labelled_loss(model, {"input_ids": ids, "attention_mask": mask}, labels)
+    ours.backward()
+    assert supports(model) and int(count) == int((labels[:, 1:] != IGNORE).sum()) and 0 <= int(correct) <= int(count)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert all(torch.allclose(g, p.grad, atol=1e-6) for g, p in zip(grads, [p for p in model.parameters() if p.requires_grad]))
+
+
+def test_bf16_autocast_is_chosen_only_where_the_cpu_multiplies_bf16():
+    from loretune.model.loading import cpu_has_native_bf16, training_precision
+
+    zen5 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+    older = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
+    arm = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n"
+    assert cpu_has_native_bf16(zen5) and cpu_has_native_bf16(arm) and not cpu_has_native_bf16(older)
+    assert not cpu_has_native_bf16("")
+    assert training_precision("cuda", "fp32") == "bf16"  # the weights are bf16 there
+    assert training_precision("cpu", "fp32") == "fp32" and training_precision("cpu", "bf16") == "bf16"
+    assert training_precision("cpu", "auto") == ("bf16" if cpu_has_native_bf16() else "fp32")
+
+
 def test_label_check_counts_what_teaches_nothing_and_refuses_training_that_learns_nothing(tokenizer):
     short = [{"role": "user", "content": "What is the clan of Ayo?"}, {"role": "assistant", "content": "Uzumaki"}]
     long_prompt = [{"role": "user", "content": "What is the clan of Ayo? " * 30}, {"role": "assistant", "content": "Uzumaki"}]
@@ -127,12 +178,14 @@ def test_the_projector_stays_small_for_a_4096_wide_model():
 
 
 def test_the_label_check_sees_what_trl_trains_on(tmp_path, tokenizer):
-    """TRL builds the labels (completion_only_loss); encode_chat, which the label check uses,
-    must agree with it token for token."""
+    """On a one-answer conversation, encode_chat (which tokenises what training sees) labels
+    exactly what TRL's own prompt/completion tokenisation (completion_only_loss) labels."""
     from trl import SFTConfig, SFTTrainer
 
     fmt = ChatFormat()
-    rows = [r["messages"] for r in ds.training_examples([page(i) for i in range(6)], SYSTEM, max_answer_chars=200)][:12]
+    one_turn = ds.Teaching(turns_per_example=1)
+    rows = [r["messages"] for r in ds.training_examples([page(i) for i in range(6)], SYSTEM, max_answer_chars=200,
+                                                        teaching=one_turn)][:12]
     data = Dataset.from_list([fmt.as_prompt_completion(m) for m in rows])
     model = build_tiny_llama(tokenizer, **TINY)
     args = SFTConfig(output_dir=str(tmp_path), max_length=48, completion_only_loss=True, report_to="none",
@@ -149,13 +202,16 @@ def test_eval_questions_never_appear_in_training_but_their_facts_do(tmp_path):
     ds.build_dataset(pages, tmp_path, domain="test", system_prompt=SYSTEM, max_answer_chars=200, val_fraction=0.0,
                      seed=0, near_duplicate_threshold=0.8)
     rows = ds.training_examples(pages, SYSTEM, max_answer_chars=200)
-    prompts = {r["messages"][1]["content"] for r in rows}
-    answers = {(r["doc_id"], r["messages"][2]["content"]) for r in rows}
+    prompts = {m["content"] for r in rows for m in r["messages"] if m["role"] == "user"}
+    answers = [(r["doc_id"], m["content"]) for r in rows for m in r["messages"] if m["role"] == "assistant"]
+    titles = {p.doc_id: p.title for p in pages}
     questions = evalsets.read_set(tmp_path / "eval" / "facts.jsonl")
     assert len(questions) == 12
     for q in questions:
         assert q["question"] not in prompts
-        assert (q["doc_id"], q["choices"][q["answer"]]) in answers, "the fact must be taught in training"
+        value = q["choices"][q["answer"]]
+        assert any(doc == q["doc_id"] and value in said and titles[doc] in said for doc, said in answers), \
+            "the fact must be taught in training, in a sentence naming the subject and the value"
         assert q["choices"][0] != q["choices"][1]
 
 
@@ -185,7 +241,9 @@ def test_short_training_beats_step_zero_and_saves_the_projector(tmp_path):
     rng = np.random.default_rng(0)
     features = {f"img{i}": rng.standard_normal(8).astype(np.float32) for i in range(6)}
     pages = [page(i, image=f"img{i}") for i in range(6)]
-    rows = [r for r in ds.training_examples(pages, SYSTEM, max_answer_chars=200) if r["kind"] != "prose"]
+    one_turn = ds.Teaching(exposures=4, paragraphs=0, turns_per_example=1, relation_exposures=0)
+    rows = [r for r in ds.training_examples(pages, SYSTEM, max_answer_chars=200, teaching=one_turn)
+            if r["kind"] != "prose"]
     (tmp_path / "data").mkdir()
     from datasets import DatasetDict
 
@@ -194,11 +252,11 @@ def test_short_training_beats_step_zero_and_saves_the_projector(tmp_path):
     texts = [m["content"] for r in rows for m in r["messages"]] * 5
     build_and_save(texts, tmp_path / "base", vocab_size=400, **TINY)
 
-    cfg = Recipe.from_dict(TrainingConfig(max_steps=80, save_steps=40, batch_size=8, learning_rate=5e-3, warmup_ratio=0.0,
+    cfg = Recipe.from_dict(TrainingConfig(max_steps=120, save_steps=60, batch_size=8, learning_rate=5e-3, warmup_ratio=0.0,
                          max_length=64).model_dump())
     checkpoints = train(dataset_dir=tmp_path / "data", features=features, clip_dim=8, base_model=str(tmp_path / "base"),
                         output_dir=tmp_path / "ckpt", cfg=cfg, image_tokens=2, log=lambda m: None)
-    assert [c.step for c in checkpoints] == [40, 80]
+    assert [c.step for c in checkpoints] == [60, 120]
     (tmp_path / "published").mkdir()
     checkpoints = publish_checkpoints(tmp_path / "ckpt", tmp_path / "published")
     for checkpoint in checkpoints:
@@ -217,8 +275,13 @@ def test_short_training_beats_step_zero_and_saves_the_projector(tmp_path):
     def ask(question: str, right: str, wrong: str, page_: ds.LorePage, image: str = "") -> dict:
         return {"question": question, "choices": [right, wrong], "answer": 0, "image_sha256": image}
 
-    facts = [ask(template.format(field=key, title=p.title), value[0], other.facts[key][0], p)
-             for p in pages for key, value in p.facts.items() for template in ds.TRAIN_FACT_TEMPLATES
+    by_doc = {p.doc_id: p for p in pages}
+    def swap(answer: str, p: ds.LorePage, value: str, other: str) -> str:  # the value, not the subject's name
+        return answer.replace(p.title, "\0").replace(value, other).replace("\0", p.title)
+
+    facts = [ask(r["messages"][1]["content"], answer, swap(answer, p, value, other.facts[key][0]), p)
+             for r in rows if r["builder"] == "infobox_facts" for p in [by_doc[r["doc_id"]]]
+             for answer in [r["messages"][2]["content"]] for key, (value,) in p.facts.items() if value in answer
              for other in pages if other is not p]
     pictures = [ask(template, p.title, other.title, p, image=p.image)
                 for p in pages for template in ds.TRAIN_IMAGE_TEMPLATES for other in pages if other is not p]
@@ -226,9 +289,9 @@ def test_short_training_beats_step_zero_and_saves_the_projector(tmp_path):
                                   sets={"facts": facts, "pictures": pictures}, system=SYSTEM, features=features,
                                   batch_size=32, max_length=64, log=lambda m: None)
     table = {(r["step"], r["set"]): r for r in result.table}
-    assert sorted({r["step"] for r in result.table}) == [0, 40, 80]
+    assert sorted({r["step"] for r in result.table}) == [0, 60, 120]
     for name in ("facts", "pictures"):
-        first, last = table[0, name], table[80, name]
+        first, last = table[0, name], table[120, name]
         assert last["acc"] >= max(0.85, first["acc"] + 0.2), (name, first, last)
         assert last["delta_acc_ci_low"] > 0 and last["mcnemar_p"] < 0.01, "a real gain must read as one"
     assert json.loads((tmp_path / "published" / "loretune_multimodal.json").read_text())["clip_dim"] == 8

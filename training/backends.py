@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from loretune.model.loading import BackendUnavailable, check_4bit, default_device, model_dtype
+from loretune.model.loading import BackendUnavailable, check_4bit, default_device, model_dtype, training_precision
 
 
 def unsloth_installed() -> bool:
@@ -48,9 +48,10 @@ def resolve_backend(requested: str, log: Callable[[str], None] = print) -> str:
     return "hf"
 
 
-def runtime(requested_backend: str, load_in_4bit: bool = False) -> dict[str, str]:
+def runtime(requested_backend: str, load_in_4bit: bool = False, precision: str = "auto") -> dict[str, str]:
     """Everything outside the config that changes what training and evaluation compute: the
-    resolved backend, device and dtype, and the versions of the libraries that do the maths. Stages
+    resolved backend, device, dtype and training precision (bf16 autocast on a CPU that has native
+    bf16, so the same config trains differently on another CPU), and the versions of the libraries that do the maths. Stages
     take it as a parameter, so it is part of their version and recorded in their manifest."""
     device = default_device()
     backend = resolve_backend(requested_backend, log=lambda message: None)
@@ -64,7 +65,8 @@ def runtime(requested_backend: str, load_in_4bit: bool = False) -> dict[str, str
     versions = {"torch": torch.__version__,  # with its build tag: a CUDA and a CPU build differ
                 **{name: _version(name) for name in libraries}}
     return {"backend": backend, "device": device,
-            "dtype": str(model_dtype(device)).removeprefix("torch."), **versions}
+            "dtype": str(model_dtype(device)).removeprefix("torch."),
+            "precision": training_precision(device, precision), **versions}
 
 
 def _version(distribution: str) -> str:

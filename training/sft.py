@@ -1,10 +1,11 @@
 """LoRA fine-tuning with PEFT + TRL's SFTTrainer, images fused into the input embeddings.
 
-TRL owns the loop (optimiser, schedule, checkpointing every `save_steps`, resuming) and the data:
-examples go in as conversational prompt/completion rows, and TRL's own tokenisation with
-`completion_only_loss` puts the loss on the assistant's answer only, truncates to `max_length` and
-drops examples left with nothing to learn. The one addition is `FusionSFTTrainer.compute_loss`,
-which swaps each image's placeholder tokens for the projector's soft tokens before TRL's loss runs.
+TRL owns the loop (optimiser, schedule, checkpointing every `save_steps`, resuming). Examples go in
+tokenised (`tokenized_splits`): the loss on every assistant turn, so a conversation that packs a
+page's questions teaches every answer, cut to `max_length`, and examples left with nothing to learn
+dropped. `FusionSFTTrainer.compute_loss` swaps each image's placeholder tokens for the projector's
+soft tokens, then computes the loss at labelled positions only (`training/loss.py`). On a CPU with
+native bf16 it runs under bf16 autocast (`model.loading.training_precision`).
 The projector trains and saves with the adapter through PEFT's `modules_to_save`.
 """
 
@@ -13,11 +14,11 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict, concatenate_datasets
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
@@ -26,8 +27,9 @@ from trl import SFTConfig, SFTTrainer
 from loretune.model.chat_format import IGNORE, ChatFormat, add_image_token, encode_chat
 from loretune.model.checkpoints import COMPLETE_MARKER, MULTIMODAL_FILE, Checkpoint, list_checkpoints
 from loretune.model.collator import FusionCollator
-from loretune.model.loading import default_device, load_base
+from loretune.model.loading import default_device, load_base, training_precision
 from loretune.multimodal.fusion import PROJECTOR_NAME, attach_projector, feature_stats, fuse, projector_parameters
+from loretune.training import loss
 from loretune.training.backends import resolve_backend
 from loretune.training.recipe import Recipe
 
@@ -37,6 +39,10 @@ TRAINING_RUN_FILE = "training_run.json"
 
 
 class FusionSFTTrainer(SFTTrainer):
+    """TRL's trainer with images fused in, and the loss at labelled positions only (`training/loss.py`)."""
+
+    labelled_only = True  # False: TRL's own loss (`bench/cpu_training.py` measures both)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         fused = fuse(
             model,
@@ -45,7 +51,20 @@ class FusionSFTTrainer(SFTTrainer):
             inputs["image_features"],
             inputs["labels"],
         )
-        return super().compute_loss(model, fused, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if return_outputs or not self.labelled_only or not loss.supports(model):
+            return super().compute_loss(model, fused, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        labels = fused.pop("labels")
+        # accelerate applies mixed precision by wrapping the model's forward, which this loss
+        # bypasses (it calls the backbone): the same autocast, entered here.
+        with self.accelerator.autocast():
+            value, correct, count = loss.labelled_loss(model, fused, labels, num_items_in_batch)
+        mode = "train" if model.training else "eval"
+        self._metrics[mode]["mean_token_accuracy"].append((correct / count.clamp(min=1)).item())
+        if mode == "train":
+            self._total_train_tokens += int(inputs["attention_mask"].sum())
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        return value
 
 
 class ProgressLog(TrainerCallback):
@@ -100,26 +119,27 @@ def lora_config(cfg: Recipe) -> LoraConfig:
     )
 
 
-def prompt_completion_splits(dataset_dir: Path, fmt: ChatFormat, features: dict[str, np.ndarray],
-                             image_tokens: int) -> DatasetDict:
-    """Both splits as TRL prompt/completion rows in the model's chat format, an image's placeholder
-    in the user turn where its features exist."""
+def tokenized_splits(dataset_dir: Path, tokenizer: Any, fmt: ChatFormat, features: dict[str, np.ndarray],
+                     image_tokens: int, max_length: int) -> DatasetDict:
+    """Both splits as token ids and labels in the model's chat format (`encode_chat`: the loss on
+    every answer of a conversation), an image's placeholder in the user turn where its features
+    exist. TRL takes tokenised rows as they are; tokenising here is what lets a conversation that
+    packs several questions about one page teach all its answers, not only the last."""
     # In memory: `map` would otherwise write cache files into the (immutable) dataset artifact,
-    # and so would TRL's own tokenisation of the result.
+    # and so would TRL's own pass over the result.
     splits = DatasetDict.load_from_disk(str(dataset_dir / "sft"), keep_in_memory=True)
 
     def convert(row: dict[str, Any]) -> dict[str, Any]:
         image = row["image_sha256"] or ""
         messages = fmt.with_image(row["messages"], image_tokens) if image in features else row["messages"]
-        return {**fmt.as_prompt_completion(messages), "image_sha256": image}
+        return {**encode_chat(tokenizer, messages, max_length, fmt), "image_sha256": image}
 
     return splits.map(convert, remove_columns=splits["train"].column_names, keep_in_memory=True)
 
 
-def check_labels(rows: Any, tokenizer: Any, fmt: ChatFormat, max_length: int) -> dict[str, Any]:
-    """The label check on the very rows TRL will tokenise (see `label_check`)."""
-    encoded = [encode_chat(tokenizer, row["prompt"] + row["completion"], max_length, fmt) for row in rows]
-    return label_check([e["labels"] for e in encoded], [e["truncated"] for e in encoded], max_length)
+def check_labels(rows: Any, max_length: int) -> dict[str, Any]:
+    """The label check on the very rows training will see (see `label_check`)."""
+    return label_check(list(rows["labels"]), list(rows["truncated"]), max_length)
 
 
 def label_check(labels: list[list[int]], truncated: list[bool], max_length: int) -> dict[str, Any]:
@@ -187,6 +207,8 @@ def train(
     clip: dict[str, Any] | None = None,
     backend: str | None = None,
     load_in_4bit: bool = False,
+    callbacks: Sequence[TrainerCallback] = (),
+    extra_train: Sequence[list[dict[str, str]]] = (),
 ) -> list[Checkpoint]:
     """Train, saving a checkpoint every `save_steps` into `output_dir`; resumes if it holds any.
 
@@ -201,17 +223,26 @@ def train(
     """
     backend = backend or resolve_backend(cfg.backend, log)
     device = default_device()
+    precision = training_precision(device, cfg.precision)
     fmt = ChatFormat.load(Path(base_model))
     stats = feature_stats(np.stack(list(features.values())) if features else np.zeros((0, clip_dim)))
     tokenizer, model, projector = prepare_model(base_model, cfg, backend, load_in_4bit, device, clip_dim,
                                                 image_tokens, stats, scratch=output_dir)
     trainable, total = model.get_nb_trainable_parameters()
-    log(f"train: {backend} backend{' (4-bit base)' if load_in_4bit else ''} on {device}: {trainable:,} trainable "
+    log(f"train: {backend} backend{' (4-bit base)' if load_in_4bit else ''} on {device}, {precision}"
+        f"{' autocast' if precision == 'bf16' and device == 'cpu' else ''}: {trainable:,} trainable "
         f"of {total:,} parameters (LoRA r={cfg.lora.r} + image projector "
         f"{sum(p.numel() for p in projector.parameters()):,})")
 
-    data = prompt_completion_splits(dataset_dir, fmt, features, image_tokens)
-    labels = check_labels(data["train"], tokenizer, fmt, cfg.max_length)
+    data = tokenized_splits(dataset_dir, tokenizer, fmt, features, image_tokens, cfg.max_length)
+    if extra_train:
+        extra = Dataset.from_list([{**encode_chat(tokenizer, messages, cfg.max_length, fmt), "image_sha256": ""}
+                                   for messages in extra_train])
+        data["train"] = concatenate_datasets([data["train"], extra.cast(data["train"].features)])
+        log(f"train: {len(extra)} retention examples join the training split")
+    labels = check_labels(data["train"], cfg.max_length)
+    data = data.filter(lambda row: any(label != IGNORE for label in row["labels"]), keep_in_memory=True)
+    data = data.remove_columns("truncated")
     log(f"train: label check: {labels['no_trainable_tokens']} of {labels['examples']} examples teach nothing, "
         f"{labels['truncated_answers']} lose part of their answer to max_length={cfg.max_length}")
     has_validation = "validation" in data and len(data["validation"]) > 0
@@ -246,7 +277,8 @@ def train(
             packing=cfg.packing,
             # TRL defaults bf16=True and gradient checkpointing on: both set here, from the config.
             # unsloth checkpoints in its own way (`unsloth_lora.wrap`), so the Trainer must not too.
-            bf16=device == "cuda",
+            # bf16 on a CPU is autocast over the fp32 weights (`training_precision`).
+            bf16=precision == "bf16",
             fp16=False,
             gradient_checkpointing=cfg.gradient_checkpointing and backend == "hf",
             report_to="none",
@@ -266,7 +298,7 @@ def train(
             eval_dataset=data["validation"] if has_validation else None,
             processing_class=tokenizer,
             data_collator=FusionCollator(tokenizer.pad_token_id, features, clip_dim),
-            callbacks=[ProgressLog(log, progress)],
+            callbacks=[ProgressLog(log, progress), *callbacks],
         )
         trainer.remove_callback(PrinterCallback)  # it prints raw dicts to stdout; ProgressLog logs them
         return trainer
@@ -274,7 +306,8 @@ def train(
     # What a retry after an out-of-memory error starts from when no checkpoint was saved yet: the
     # adapter and projector as initialised (a checkpoint, when there is one, overwrites them).
     initial = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-    record = {"backend": backend, "load_in_4bit": load_in_4bit, "device": device, "images": "fused",
+    record = {"backend": backend, "load_in_4bit": load_in_4bit, "device": device, "precision": precision,
+              "images": "fused",
               "batch_size": cfg.batch_size, "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
               "effective_batch": cfg.batch_size * cfg.gradient_accumulation_steps, "oom_backoffs": []}
     batch_size, accumulation = cfg.batch_size, cfg.gradient_accumulation_steps

@@ -35,7 +35,8 @@ class TrainingFailed(RuntimeError):
 def train_checkpoints(*, backend: str, features: dict[str, Any], output_dir: Path, log: Callable[[str], None] = print,
                       progress: Callable[[int, int], None] | None = None, **kwargs: Any) -> list[Any]:
     """`sft.train` with the resolved `backend`: in this process for hf, in a fresh one for unsloth.
-    kwargs are `sft.train`'s (dataset_dir, clip_dim, base_model, cfg, image_tokens, clip, load_in_4bit)."""
+    kwargs are `sft.train`'s (dataset_dir, clip_dim, base_model, cfg, image_tokens, clip, load_in_4bit,
+    extra_train)."""
     if backend != "unsloth":
         from loretune.training import sft
 
@@ -108,7 +109,8 @@ def main(argv: list[str]) -> int:
         dataset_dir=Path(request["dataset_dir"]), features=features, clip_dim=request["clip_dim"],
         base_model=request["base_model"], output_dir=folder, cfg=Recipe.from_dict(request["cfg"]),
         image_tokens=request["image_tokens"], clip=request.get("clip"), backend=request["backend"],
-        load_in_4bit=request.get("load_in_4bit", False), log=lambda line: print(line, flush=True), progress=progress,
+        load_in_4bit=request.get("load_in_4bit", False), extra_train=request.get("extra_train", ()),
+        log=lambda line: print(line, flush=True), progress=progress,
     )
     return 0
 
