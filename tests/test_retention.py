@@ -13,15 +13,16 @@ TINY = dict(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_h
             max_position_embeddings=256, seed=0)
 
 
-def test_examples_cycle_through_the_answers_that_ended_by_themselves():
+def test_examples_cycle_through_the_answers_in_whole_sentences():
     answers = [{"question": "A?", "answer": "Yes.", "stopped": True},
                {"question": "B?", "answer": "cut off mid", "stopped": False},
-               {"question": "C?", "answer": "No.", "stopped": True}]
+               {"question": "C?", "answer": "It is 3.5 kg. Then it was cut at the lim", "stopped": False},
+               {"question": "D?", "answer": "No.", "stopped": True}]
     made = retention.retention_examples(answers, "Sys.", 5)
-    assert [m[1]["content"] for m in made] == ["A?", "C?", "A?", "C?", "A?"]
+    assert [m[1]["content"] for m in made] == ["A?", "C?", "D?", "A?", "C?"], "no whole sentence in B: left out"
     assert made[1] == [{"role": "system", "content": "Sys."}, {"role": "user", "content": "C?"},
-                       {"role": "assistant", "content": "No."}]
-    assert retention.retention_examples(answers[1:2], "Sys.", 5) == [], "no complete answer: nothing to retain"
+                       {"role": "assistant", "content": "It is 3.5 kg."}]
+    assert retention.retention_examples(answers[1:2], "Sys.", 5) == [], "no whole sentence: nothing to retain"
     assert retention.retention_examples(answers, "Sys.", 0) == []
 
 

@@ -4,8 +4,10 @@ Why: fine-tuning on the lore alone pulls every answer towards the lore's style (
 bare values answered everything with a lore noun). Training also on what the base itself says to
 ordinary questions, under the same system prompt, anchors the rest of its behaviour where it was
 (self-distillation: no outside data, no outside model, nothing to license). The answers are
-generated once per base model, greedy, and cached by content (`model/answer_cache.py`); only
-answers that ended by themselves (not cut at the token limit) are used.
+generated once per base model, greedy, and cached by content (`model/answer_cache.py`). An answer
+cut at the token limit is kept up to its last whole sentence (SmolLM2 ends 11 of 40 within 160
+tokens: the others would leave the share a handful of answers repeated many times), so a short
+limit loses little and costs less: 96 new tokens.
 
 `GENERAL_QUESTIONS` are loretune's own, written for this: everyday explanations, advice, writing,
 arithmetic and definitions, nothing about any fandom.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, Callable, Sequence
 
 from loretune.model.answer_cache import AnswerCache
@@ -64,7 +67,7 @@ GENERAL_QUESTIONS = (
     "Why does ice float on water?",
     "Write one sentence encouraging a friend who is learning to swim.",
 )
-MAX_NEW_TOKENS = 160
+MAX_NEW_TOKENS = 96
 CODE_VERSION = "retention/1"
 
 
@@ -94,12 +97,22 @@ def base_answers(*, base_model: str, model_key: str, system: str, cache: AnswerC
     return answers
 
 
+def whole_sentences(answer: dict[str, Any]) -> str:
+    """The answer as the base said it if it ended by itself, else up to its last whole sentence
+    (nothing if it has none)."""
+    text = answer["answer"].strip()
+    if answer["stopped"]:
+        return text
+    ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)", text)]
+    return text[:ends[-1]] if ends else ""
+
+
 def retention_examples(answers: Sequence[dict[str, Any]], system: str, count: int) -> list[list[dict[str, str]]]:
-    """`count` conversations (system, question, the base's answer), cycling through the answers
-    that ended by themselves, in their order: deterministic for the same answers."""
-    usable = [a for a in answers if a["stopped"] and a["answer"].strip()]
+    """`count` conversations (system, question, the base's answer in whole sentences), cycling
+    through the answers in their order: deterministic for the same answers."""
+    usable = [(a["question"], said) for a in answers if (said := whole_sentences(a))]
     if not usable or count <= 0:
         return []
     return [[*([{"role": "system", "content": system}] if system else []),
-             {"role": "user", "content": usable[i % len(usable)]["question"]},
-             {"role": "assistant", "content": usable[i % len(usable)]["answer"]}] for i in range(count)]
+             {"role": "user", "content": usable[i % len(usable)][0]},
+             {"role": "assistant", "content": usable[i % len(usable)][1]}] for i in range(count)]
