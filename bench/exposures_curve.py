@@ -66,7 +66,7 @@ def main() -> None:
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":", label="chance (binary choice)")
     ax.set(xlabel="exposures per fact (statements of it seen in training)", ylabel="score ± 1 SE", ylim=(0, 1),
            title=f"SmolLM2-135M-Instruct + LoRA: what it knows vs exposures ({args.decoding})")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(args.out)
     print(f"wrote {args.out}")

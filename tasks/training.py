@@ -17,16 +17,16 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from loretune.config import TrainingConfig, state_dir
 from loretune.dataset.layout import BUILD_REPORT, system_prompt
+from loretune.fingerprint import stage_code_version
 from loretune.model.answer_cache import AnswerCache
 from loretune.model.chat_format import ChatFormat
 from loretune.model.loading import training_precision
-from loretune.fingerprint import stage_code_version
 from loretune.multimodal.clip import read_features
 from loretune.store import ArtifactRef
 from loretune.tasks.model import base_model_location
 from loretune.tasks.stage import StageCache, announce_png, publish_stage, stage_inputs
-from loretune.training import scratch as scratch_dirs
 from loretune.training import retention, sft, worker
+from loretune.training import scratch as scratch_dirs
 from loretune.training.recipe import Recipe, budget_steps
 
 # The unsloth helper (training/unsloth_lora.py) is in this version too: sft imports it lazily, and

@@ -14,8 +14,8 @@ from loretune.config import ConfigError, EvaluationConfig, load_config
 from loretune.dataset import assemble as ds
 from loretune.dataset import opensets
 from loretune.dataset.assemble import LorePage
-from loretune.dataset.fact_renderings import TRAIN_QUESTION_TEMPLATES
 from loretune.dataset.evalsets import EvalSetError
+from loretune.dataset.fact_renderings import TRAIN_QUESTION_TEMPLATES
 from loretune.evaluation import open_questions as oq
 from loretune.evaluation import promotion
 from loretune.model.checkpoints import Checkpoint
