@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 import torch
 
+from loretune.model.chat_format import question_messages
+
 
 @dataclass(frozen=True)
 class Decoding:
@@ -141,8 +143,6 @@ def answer_questions(model: Any, tokenizer: Any, fmt: Any, questions: Sequence[s
                      decoding: Decoding, batch_size: int) -> list[dict[str, Any]]:
     """Per question, asked as every stage asks one (`question_messages`): the answer's text, its
     length in new tokens, and whether it ended at a stop token (not at `max_new_tokens`)."""
-    from loretune.model.chat_format import question_messages
-
     eos = stop_ids(model, tokenizer)
     prompts = [fmt.ids(tokenizer, question_messages(system, question), add_generation_prompt=True)
                for question in questions]

@@ -44,25 +44,22 @@ def clip_spec(features: ArtifactRef) -> dict:
     return {"model": params.get("clip_model"), "pretrained": params.get("pretrained"), "seed": params.get("seed", 0)}
 
 
-def retention_count(params: TrainingConfig, dataset_dir: Path) -> int:
-    """How many retention examples join the split: `retention` x the lore's training examples."""
-    return round(params.retention * json.loads((dataset_dir / BUILD_REPORT).read_text())["train"])
-
-
-def resolve_recipe(params: TrainingConfig, dataset_dir: Path, extra_examples: int = 0) -> tuple[Recipe, str]:
+def resolve_recipe(params: TrainingConfig, dataset_dir: Path) -> tuple[Recipe, str, int]:
     """The recipe with its step budget resolved from epochs or exposures per fact (`budget_steps`),
-    read off the dataset's build report (plus the retention examples), and the budget in words."""
+    the budget in words, and how many retention examples join the split (`retention` x the lore's
+    training examples), all read off the dataset's build report."""
     values = params.model_dump()
     epochs, exposures, checkpoints = values.pop("epochs"), values.pop("exposures"), values.pop("checkpoints")
     values.pop("retention")
     report = json.loads((dataset_dir / BUILD_REPORT).read_text())
+    retained = round(params.retention * report["train"])
     steps, budget = budget_steps(
-        max_steps=params.max_steps, epochs=epochs, exposures=exposures, train_examples=report["train"] + extra_examples,
+        max_steps=params.max_steps, epochs=epochs, exposures=exposures, train_examples=report["train"] + retained,
         statements_per_epoch=report.get("exposures", {}).get("field", {}).get("mean"),
         effective_batch=params.batch_size * params.gradient_accumulation_steps)
     if epochs is not None or exposures is not None:
         values.update(max_steps=steps, save_steps=max(1, math.ceil(steps / checkpoints)))
-    return Recipe.from_dict(values), budget
+    return Recipe.from_dict(values), budget, retained
 
 
 @task(name="train", cache_policy=CHECKPOINTS, persist_result=True, tags=[GPU_TAG])
@@ -75,8 +72,7 @@ def train(store: str, domain: str, dataset_ref: ArtifactRef, features: ArtifactR
     scratch = state_dir() / "work" / f"{scratch_dirs.PREFIX}{CHECKPOINTS.version(stage_inputs())}"
     vectors = read_features(features.local_path() / "features.parquet")
 
-    retained = retention_count(params, dataset_ref.local_path())
-    recipe, budget = resolve_recipe(params, dataset_ref.local_path(), retained)
+    recipe, budget, retained = resolve_recipe(params, dataset_ref.local_path())
     logger.info("train: budget %s", budget)
 
     def build(out: Path) -> dict:
