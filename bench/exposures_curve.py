@@ -1,13 +1,17 @@
 """What a model knows against how often training stated each fact: the exposures curve.
 
-    python bench/exposures_curve.py --store STORE [--evaluation VERSION] [--out exposures_curve.png]
+    python bench/exposures_curve.py --store STORE [--evaluation VERSION ...] [--out exposures_curve.png]
 
-Reads one evaluation artifact (default: the newest in the store) and the checkpoints artifact it
-scored, whose budget says how many exposures per fact its last step reached. Every checkpoint is
-a point: exposures = step / last step x that number (the schedule is the run's own: a point on
-the way, not a run that stopped there). Plots, with one standard error, `facts` accuracy (binary
-choice), `facts_open` answer match and `prose_open` ROUGE-L at the gate's decoding point, each
-beside step 0; and prints the same as a table.
+Reads evaluation artifacts (default: the newest in the store) and the checkpoints artifact each
+one scored, whose budget says how many exposures per fact its last step reached. Every checkpoint
+is a point: exposures = step / last step x that number. Give the evaluations of an exposures sweep
+(`loretune sweep --grid '{training.exposures: [3, 6, 12]}'`, one checkpoint each) and every point
+is a run trained to that budget with its own schedule; give one run with several checkpoints and
+the points are stops on the way through one schedule (its learning rate not yet decayed).
+
+Plots, with one standard error, `facts` accuracy (binary choice), `facts_open` answer match and
+`prose_open` ROUGE-L at the gate's decoding point, each beside step 0; prints the same as a table,
+and the probe questions' answers at each point (the before / after's questions).
 """
 
 from __future__ import annotations
@@ -18,21 +22,17 @@ import json
 import re
 from pathlib import Path
 
+SERIES = ("facts acc (binary choice)", "facts_open answer match", "prose_open ROUGE-L")
+
 
 def newest(folder: Path) -> Path:
     return max(folder.iterdir(), key=lambda p: json.loads((p / "manifest.json").read_text())["created_at"])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", type=Path, required=True)
-    parser.add_argument("--evaluation", help="an evaluation version (default: the newest)")
-    parser.add_argument("--decoding", default="greedy")
-    parser.add_argument("--out", type=Path, default=Path("exposures_curve.png"))
-    args = parser.parse_args()
-    evaluation = args.store / "evaluation" / args.evaluation if args.evaluation else newest(args.store / "evaluation")
+def points(store: Path, evaluation: Path, decoding: str) -> tuple[str, list[tuple[float, dict]], dict]:
+    """(the run's budget, [(exposures, {series: (value, stderr)})] per step, {step: probe answers})."""
     inputs = json.loads((evaluation / "manifest.json").read_text())["inputs"]
-    checkpoints = args.store / "checkpoints" / inputs["checkpoints"].split("@")[1]
+    checkpoints = store / "checkpoints" / inputs["checkpoints"].split("@")[1]
     manifest = json.loads((checkpoints / "manifest.json").read_text())
     budget = manifest["details"].get("budget", "")
     found = re.search(r"([0-9.]+) exposures per fact", budget)
@@ -42,17 +42,44 @@ def main() -> None:
 
     binary = [r for r in csv.DictReader(open(evaluation / "evaluation.csv")) if r["set"] == "facts"]
     spoken = [r for r in csv.DictReader(open(evaluation / "generation.csv"))
-              if r["decoding"] == args.decoding and r["seed"] in ("", "0")]
-    series = {
-        "facts acc (binary choice)": [(int(r["step"]), float(r["acc"]), float(r["acc_stderr"])) for r in binary],
-        "facts_open answer match": _metric(spoken, "facts_open", "answer_match"),
-        "prose_open ROUGE-L": _metric(spoken, "prose_open", "rougeL"),
-    }
-    print(f"{evaluation.name}: {budget}; decoding {args.decoding}")
-    print("exposures  " + "  ".join(f"{name:>28s}" for name in series))
-    for i, (step, _, _) in enumerate(series["facts acc (binary choice)"]):
-        cells = [f"{points[i][1]:.3f} ± {points[i][2]:.3f}" if i < len(points) else "-" for points in series.values()]
-        print(f"{step * per_step:9.1f}  " + "  ".join(f"{c:>28s}" for c in cells))
+              if r["decoding"] == decoding and r["seed"] in ("", "0")]
+    by_step: dict[int, dict[str, tuple[float, float]]] = {}
+    for r in binary:
+        by_step.setdefault(int(r["step"]), {})[SERIES[0]] = (float(r["acc"]), float(r["acc_stderr"]))
+    for name, (set_name, metric) in zip(SERIES[1:], (("facts_open", "answer_match"), ("prose_open", "rougeL"))):
+        for step, value, stderr in _metric(spoken, set_name, metric):
+            by_step.setdefault(step, {})[name] = (value, stderr)
+    probes: dict[int, list[tuple[str, str]]] = {}
+    answers = evaluation / "answers.jsonl"
+    for line in answers.read_text().splitlines() if answers.exists() else []:
+        row = json.loads(line)
+        if row.get("set") == "probes" and row.get("decoding") == decoding and row.get("seed") in (None, 0):
+            probes.setdefault(int(row["step"]), []).append((row["question"], row["answer"]))
+    return budget, [(step * per_step, by_step[step]) for step in sorted(by_step)], probes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument("--evaluation", nargs="+", help="evaluation versions (default: the newest)")
+    parser.add_argument("--decoding", default="greedy")
+    parser.add_argument("--out", type=Path, default=Path("exposures_curve.png"))
+    args = parser.parse_args()
+    evaluations = ([args.store / "evaluation" / v for v in args.evaluation] if args.evaluation
+                   else [newest(args.store / "evaluation")])
+    curve: dict[float, dict[str, tuple[float, float]]] = {}
+    for evaluation in evaluations:
+        budget, run, probes = points(args.store, evaluation, args.decoding)
+        print(f"{evaluation.name}: {budget}; decoding {args.decoding}")
+        for exposures, scores in run:
+            curve.setdefault(round(exposures, 1), scores)  # step 0 is the same base in every run
+        for step, said in sorted(probes.items()):
+            for question, answer in said:
+                print(f"  step {step:4d}  {question}  ->  {answer}")
+    print("exposures  " + "  ".join(f"{name:>28s}" for name in SERIES))
+    for exposures, scores in sorted(curve.items()):
+        cells = [f"{scores[n][0]:.3f} ± {scores[n][1]:.3f}" if n in scores else "-" for n in SERIES]
+        print(f"{exposures:9.1f}  " + "  ".join(f"{c:>28s}" for c in cells))
 
     import matplotlib
 
@@ -60,8 +87,9 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=110)
-    for name, points in series.items():
-        ax.errorbar([s * per_step for s, _, _ in points], [v for _, v, _ in points], yerr=[e for _, _, e in points],
+    for name in SERIES:
+        xs = [x for x in sorted(curve) if name in curve[x]]
+        ax.errorbar(xs, [curve[x][name][0] for x in xs], yerr=[curve[x][name][1] for x in xs],
                     fmt="o-", capsize=3, label=name)
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":", label="chance (binary choice)")
     ax.set(xlabel="exposures per fact (statements of it seen in training)", ylabel="score ± 1 SE", ylim=(0, 1),

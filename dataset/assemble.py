@@ -322,13 +322,15 @@ def exposure_report(train_rows: Sequence[dict[str, Any]], pages: Sequence[LorePa
     the split never states counts as 0), and the fewest, mean and most statements of one."""
     counts = fact_renderings.exposure_counts(key for row in train_rows for key in row.get("facts", []))
     facts = {f.key: ("entry" if f.entry else "field") for page in pages for f in fact_renderings.page_facts(page)}
-    kinds: dict[str, list[int]] = {"field": [], "entry": [], "relation": []}
+    kinds: dict[str, list[int]] = {"field": [], "entry": [], "lead": [], "relation": []}
     for key, kind in facts.items():
         kinds[kind].append(counts.get(key, 0))
-    kinds["relation"] = [n for key, n in counts.items() if key not in facts]
+    kinds["lead"] = [n for key, n in counts.items() if key not in facts and "|lead|" in key]
+    kinds["relation"] = [n for key, n in counts.items() if key not in facts and "|lead|" not in key]
     report = {kind: {"facts": len(n), "min": min(n), "mean": round(sum(n) / len(n), 2), "max": max(n)}
               for kind, n in kinds.items() if n}
     return {**report, "per_epoch_target": {"facts": teaching.exposures + teaching.paragraphs,
+                                           "leads": teaching.lead_exposures,
                                            "relations": teaching.relation_exposures}}
 
 

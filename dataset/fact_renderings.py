@@ -13,7 +13,8 @@ taught bare values answers everything with a bare lore noun. So:
   sentences that name the subject and the value, never a bare value or a pronoun.
 - Where a value belongs to one subject only (in that field), some turns ask in reverse ("Whose
   teacher is Jiraiya?"); they replace forward turns, so every fact keeps the same count.
-- Each page gets `paragraphs` summaries that state all its facts in a shuffled order.
+- Each page gets `paragraphs` summaries that state all its facts in a shuffled order, and its
+  opening sentence (the lore's own introduction of the subject) `lead_exposures` times.
 - A page's turns go into multi-turn conversations of `turns_per_example` questions each: the
   system prompt and the chat template cost once per conversation, and every answer is labelled.
 
@@ -45,20 +46,23 @@ WHOLE_QUESTIONS = (
     "What is {subject}'s {field}?",
     "What {field} does {subject} have?",
     "Do you know the {field} listed for {subject}?",
-    "For {subject}, what is the recorded {field}?",
+    "For {subject}, what is the {field}?",
     "Give me {subject}'s {field}, please.",
     "I want to know the {field} of {subject}.",
     "What does the {field} entry of {subject} say?",
     "{field} of {subject}?",
 )
 # Answers naming the subject and the value(s); {verb} is "is" for one value, "are" for several.
+# Some lead with the value, a direct answer set off by a colon or a full stop; none says "{value}
+# is the {field} of {subject}", which a model that starts with the subject turns into "Gaara is the
+# village of Gaara". (No filler such as "the recorded X": a model taught it says it everywhere.)
 WHOLE_ANSWERS = (
     "The {field} of {subject} {verb} {value}.",
     "{subject}'s {field} {verb} {value}.",
-    "{value} {verb} the {field} of {subject}.",
     "For {subject}, the {field} {verb} {value}.",
     "{subject} has {value} as {field}.",
-    "The recorded {field} of {subject} {verb} {value}.",
+    "{value}: that is {subject}'s {field}.",
+    "{value}. The {field} of {subject} {verb} {value}.",
 )
 # One value of a field that has several.
 ENTRY_QUESTIONS = (
@@ -71,9 +75,9 @@ ENTRY_QUESTIONS = (
 )
 ENTRY_ANSWERS = (
     "One {field} of {subject} is {value}.",
-    "{value} is one of the {field} of {subject}.",
     "The {field} of {subject} include {value}.",
     "Among the {field} of {subject} is {value}.",
+    "{value}: it is one of the {field} of {subject}.",
 )
 # Reversed: the value asks for its subject (only where one subject has that value in that field).
 REVERSED_QUESTIONS = (
@@ -97,9 +101,19 @@ REVERSED_ENTRY_ANSWERS = (
     "{value} is among the {field} of {subject}.",
 )
 PARAGRAPH_QUESTIONS = (
-    "Sum up the facts recorded about {subject}.",
+    "Sum up the facts known about {subject}.",
     "Give me a short profile of {subject}.",
     "List what is on record about {subject}.",
+)
+# The page's opening sentence ("Gaara is a shinobi of Sunagakure, ..."): what the lore says its
+# subject is, the answer to "who is X?". Worded unlike the probes a user asks ("Who is X?").
+LEAD_QUESTIONS = (
+    "Introduce {subject} in a sentence.",
+    "Describe {subject} briefly.",
+    "Give me a one-line summary of {subject}.",
+    "What should a newcomer know first about {subject}?",
+    "Sketch {subject} for me in one sentence.",
+    "In a nutshell, what about {subject}?",
 )
 REVERSED_SHARE = 3  # at most one turn in this many asks in reverse, where the fact allows it
 
@@ -128,7 +142,7 @@ class Turn:
     question: str
     answer: str
     facts: tuple[str, ...]  # the keys of the facts the answer states
-    kind: str  # fact, entry, reversed, paragraph
+    kind: str  # fact, entry, reversed, paragraph, lead, relation
 
 
 def joined(values: Sequence[str]) -> str:
@@ -200,6 +214,24 @@ def fact_turns(page: LorePage, one_subject: set[tuple[str, str]], exposures: int
     return turns
 
 
+def lead_sentence(page: LorePage) -> str | None:
+    """The prose's first sentence, if it names the page's subject: the lore's own introduction."""
+    found = sentences(page.text)
+    first = found[0] if found else ""
+    return first if " ".join(page.text.split()).startswith(first) and page.title in first else None
+
+
+def lead_turns(page: LorePage, exposures: int, rng: random.Random) -> list[Turn]:
+    """The lead sentence `exposures` times, each asked a different way: a page read once teaches
+    its introduction once, and "who is X?" is the first thing anyone asks."""
+    lead = lead_sentence(page) if exposures else None
+    if lead is None:
+        return []
+    pool = Pool(LEAD_QUESTIONS, rng)
+    key = f"{page.doc_id}|lead|{lead}"
+    return [Turn(pool.draw().format(subject=page.title), lead, (key,), "lead") for _ in range(exposures)]
+
+
 # A sentence of the page's prose that names something else the lore knows, asked about by name.
 RELATION_QUESTIONS = (
     "How is {name} connected to {subject}?",
@@ -253,6 +285,7 @@ class Teaching:
     paragraphs: int = 2  # shuffled summaries per page, each stating every fact once more
     turns_per_example: int = 4  # questions per packed conversation
     relation_exposures: int = 2  # wordings per prose sentence that names something the lore knows
+    lead_exposures: int = 4  # wordings per page of its opening sentence (Fandom pages with an infobox)
 
 
 def lore_builders(pages: Sequence[LorePage], teaching: Teaching, seed: int) -> dict[str, tuple[Builder, ...]]:
@@ -268,6 +301,7 @@ def lore_builders(pages: Sequence[LorePage], teaching: Teaching, seed: int) -> d
             return
         rng = random.Random(f"{seed}:facts:{page.doc_id}")
         turns = fact_turns(page, one_subject, teaching.exposures, teaching.paragraphs, rng)
+        turns += lead_turns(page, teaching.lead_exposures, rng)
         yield from _drafts(conversations(turns, teaching.turns_per_example, rng))
 
     def prose_relations(page: LorePage, max_chars: int) -> Built:
@@ -292,4 +326,4 @@ def _drafts(packed: Iterator[list[Turn]]) -> Built:
 
 # Every question wording training uses for facts and prose relations (the held-out test reads it).
 TRAIN_QUESTION_TEMPLATES = (WHOLE_QUESTIONS + ENTRY_QUESTIONS + REVERSED_QUESTIONS + REVERSED_ENTRY_QUESTIONS
-                            + PARAGRAPH_QUESTIONS + RELATION_QUESTIONS)
+                            + PARAGRAPH_QUESTIONS + RELATION_QUESTIONS + LEAD_QUESTIONS)

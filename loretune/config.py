@@ -152,6 +152,7 @@ class TeachingConfig(Section):
     paragraphs: int = Field(2, ge=0, le=50, description="shuffled summaries per page, each stating every fact")
     turns_per_example: int = Field(4, ge=1, le=32, description="questions about one page packed per conversation")
     relation_exposures: int = Field(2, ge=0, le=50, description="wordings per prose sentence naming another subject")
+    lead_exposures: int = Field(4, ge=0, le=50, description="wordings per page of its opening sentence")
 
 
 class DatasetConfig(Section):

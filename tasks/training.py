@@ -117,7 +117,11 @@ def train(store: str, domain: str, dataset_ref: ArtifactRef, features: ArtifactR
             fmt=ChatFormat.load(Path(base_model_location(base))), attn_implementation=params.attn_implementation,
             precision=training_precision(runtime["device"], params.precision), log=logger.info)
         (out / RETENTION_FILE).write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers))
-        return retention.retention_examples(answers, system, count)
+        examples = retention.retention_examples(answers, system, count)
+        if not examples:
+            logger.warning("train: the base said no whole sentence to any of the %d general questions (%s); "
+                           "training goes on without the retention share", len(answers), RETENTION_FILE)
+        return examples
 
     ref = publish_stage(CHECKPOINTS, build)
     shutil.rmtree(scratch, ignore_errors=True)

@@ -82,6 +82,16 @@ def test_prose_sentences_are_taught_as_answers_to_questions_about_the_names_they
     assert all(t.answer in GAARA.text and t.question.endswith(("?", ".")) for t in made)
 
 
+def test_the_opening_sentence_is_taught_as_the_subject_s_introduction_asked_many_ways():
+    made = fr.lead_turns(GAARA, 4, random.Random(0))
+    assert [t.answer for t in made] == ["Gaara was born in the desert village of Sunagakure."] * 4
+    assert len({t.question for t in made}) == 4 and all("Gaara" in t.question for t in made)
+    assert fr.lead_turns(BAKI, 4, random.Random(0)) == [], "no prose, no introduction"
+    no_name = ds.LorePage(doc_id="fandom:1", title="Gaara", kind="character", image=None, facts={},
+                          text="He was born in the desert village of Sunagakure long ago.")
+    assert fr.lead_turns(no_name, 4, random.Random(0)) == [], "a lead that does not name its subject teaches nothing"
+
+
 def test_the_dataset_is_deterministic_and_reports_exposures_per_kind(tmp_path):
     def build(out):
         return ds.build_dataset(PAGES, out, domain="test", system_prompt="S", max_answer_chars=200, val_fraction=0.0,
@@ -92,6 +102,7 @@ def test_the_dataset_is_deterministic_and_reports_exposures_per_kind(tmp_path):
     assert first.exposures["field"]["min"] == first.exposures["field"]["max"] == 6
     assert first.exposures["entry"]["facts"] == 2 and first.exposures["entry"]["min"] == 6
     assert first.exposures["relation"]["max"] == 2
+    assert first.exposures["lead"] == {"facts": 2, "min": 4, "mean": 4.0, "max": 4}, "Gaara's and Temari's openings"
 
 
 def test_a_budget_in_exposures_per_fact_is_epochs_of_the_split():

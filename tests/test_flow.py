@@ -7,6 +7,7 @@ worked (Completed) and which were cache hits (Cached), and what the store holds 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from recipes import QUICK_OPEN, TINY
 
 from loretune.config import ConfigError
 from loretune.store import MANIFEST, ArtifactStore, content_hash
+from loretune.training.retention import GENERAL_QUESTIONS, whole_sentences
 
 FAST = {**TINY, **QUICK_OPEN, "training.max_steps": 4, "training.save_steps": 2, "evaluation.batch_size": 32, "evaluation.max_items": 200}
 STAGES = ["documents", "images", "features", "dataset", "model", "checkpoints", "evaluation", "export"]
@@ -75,7 +77,12 @@ def test_manifests_record_their_inputs(cold, store):
     assert runtime["backend"] == "hf" and runtime["dtype"] == "float32" and runtime["torch"] == torch.__version__
     dataset = ArtifactStore(store).manifest("dataset", cold["stages"]["dataset"]["version"])
     retained = manifest["counts"]["retention_examples"]
-    assert retained == round(0.1 * dataset["counts"]["train"]), "the demo's retention share joins the split"
+    folder = ArtifactStore(store).local_path("checkpoints", cold["stages"]["checkpoints"]["version"])
+    answers = [json.loads(line) for line in (folder / "retention.jsonl").read_text().splitlines()]
+    assert len(answers) == len(GENERAL_QUESTIONS), "the base answered every general question"
+    # The tiny random model may say no whole sentence at all; then no retention example joins.
+    usable = any(whole_sentences(a) for a in answers)
+    assert retained == (round(0.1 * dataset["counts"]["train"]) if usable else 0), "the retention share joins"
     assert manifest["details"]["label_check"]["examples"] == dataset["counts"]["train"] + retained, \
         "every example was checked"
 
@@ -291,7 +298,9 @@ def test_report_prints_a_flow_runs_evaluation_table(cold, store):
               ["2", "checkpoint-2", "sample_t0.7"], ["4", "checkpoint-4", "greedy"], ["4", "checkpoint-4", "sample_t0.7"]]
     rows = [line for line in lines if line and line[0] in {"0", "2", "4"}]
     assert [r[:2] for r in rows[:9]] == binary and [r[:3] for r in rows[9:]] == spoken * 2
-    assert "set facts (n=200" in result.output and "more_common 0.5" in result.output, result.output
+    assert "set facts (n=200" in result.output, result.output
+    more_common = float(re.search(r"set facts .*more_common ([0-9.]+)", result.output).group(1))
+    assert 0.43 <= more_common <= 0.57, f"the frequency guess stays near chance on a balanced set: {more_common}"
     assert "open set facts_open (n=4)" in result.output and "open set prose_open (n=4)" in result.output
     assert "promoted: none" in result.output
 

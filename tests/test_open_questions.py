@@ -87,7 +87,8 @@ def test_evaluation_wordings_stay_held_out_from_every_training_template(tmp_path
     from loretune.dataset import dedup, evalsets
 
     held_out = [evalsets.FACT_TEMPLATE, opensets.OPEN_FACT_TEMPLATE, opensets.PROSE_TEMPLATE,
-                opensets.PROSE_SOURCE_TEMPLATE]
+                opensets.PROSE_SOURCE_TEMPLATE,
+                "Who is {title}?", "What is {title}?", "What is the {title}?"]  # the demo's probe wordings
     cases = [("clan", "Baki", "Uchiha", "Gaara"), ("nature type", "Kakashi Hatake", "Lightning Release", "Rin Nohara"),
              ("affiliation", "Flying Thunder God", "Konohagakure", "Minato Namikaze")]
     for field, title, value, name in cases:
