@@ -241,7 +241,7 @@ def test_short_training_beats_step_zero_and_saves_the_projector(tmp_path):
     rng = np.random.default_rng(0)
     features = {f"img{i}": rng.standard_normal(8).astype(np.float32) for i in range(6)}
     pages = [page(i, image=f"img{i}") for i in range(6)]
-    one_turn = ds.Teaching(exposures=4, paragraphs=0, turns_per_example=1, relation_exposures=0)
+    one_turn = ds.Teaching(exposures=4, paragraphs=0, turns_per_example=1, relation_exposures=0, lead_exposures=0)
     rows = [r for r in ds.training_examples(pages, SYSTEM, max_answer_chars=200, teaching=one_turn)
             if r["kind"] != "prose"]
     (tmp_path / "data").mkdir()
