@@ -325,8 +325,10 @@ def exposure_report(train_rows: Sequence[dict[str, Any]], pages: Sequence[LorePa
     kinds: dict[str, list[int]] = {"field": [], "entry": [], "lead": [], "relation": []}
     for key, kind in facts.items():
         kinds[kind].append(counts.get(key, 0))
-    kinds["lead"] = [n for key, n in counts.items() if key not in facts and "|lead|" in key]
-    kinds["relation"] = [n for key, n in counts.items() if key not in facts and "|lead|" not in key]
+    leads = {fact_renderings.lead_key(page, lead) for page in pages
+             if (lead := fact_renderings.lead_sentence(page)) is not None}
+    kinds["lead"] = [n for key, n in counts.items() if key in leads]
+    kinds["relation"] = [n for key, n in counts.items() if key not in facts and key not in leads]
     report = {kind: {"facts": len(n), "min": min(n), "mean": round(sum(n) / len(n), 2), "max": max(n)}
               for kind, n in kinds.items() if n}
     return {**report, "per_epoch_target": {"facts": teaching.exposures + teaching.paragraphs,

@@ -221,6 +221,10 @@ def lead_sentence(page: LorePage) -> str | None:
     return first if " ".join(page.text.split()).startswith(first) and page.title in first else None
 
 
+def lead_key(page: LorePage, lead: str) -> str:
+    return f"{page.doc_id}|lead|{lead}"
+
+
 def lead_turns(page: LorePage, exposures: int, rng: random.Random) -> list[Turn]:
     """The lead sentence `exposures` times, each asked a different way: a page read once teaches
     its introduction once, and "who is X?" is the first thing anyone asks."""
@@ -228,7 +232,7 @@ def lead_turns(page: LorePage, exposures: int, rng: random.Random) -> list[Turn]
     if lead is None:
         return []
     pool = Pool(LEAD_QUESTIONS, rng)
-    key = f"{page.doc_id}|lead|{lead}"
+    key = lead_key(page, lead)
     return [Turn(pool.draw().format(subject=page.title), lead, (key,), "lead") for _ in range(exposures)]
 
 
