@@ -110,8 +110,9 @@ def test_an_item_that_does_not_fit_is_dropped_and_counted_not_scored(base):
 
 
 def test_scoring_gathers_only_labelled_positions():
-    """The log-softmax runs over labelled tokens only: memory ~ tokens x vocab, not batch x length x vocab."""
-    seen = []
+    """The model projects to the vocabulary only at positions that predict a labelled token, and the
+    log-softmax runs over labelled tokens only: memory ~ tokens x vocab, not batch x length x vocab."""
+    seen, kept = [], []
 
     class Logits(torch.nn.Module):  # a stand-in LM that records what log_softmax would see
         def __init__(self):
@@ -122,8 +123,9 @@ def test_scoring_gathers_only_labelled_positions():
         def get_input_embeddings(self):
             return self.embed
 
-        def forward(self, inputs_embeds, attention_mask):
-            logits = torch.randn(*inputs_embeds.shape[:2], 50)
+        def forward(self, inputs_embeds, attention_mask, logits_to_keep):
+            kept.append(logits_to_keep.tolist())
+            logits = torch.randn(*inputs_embeds.shape[:2], 50)[:, logits_to_keep]
             seen.append(logits.shape)
             return type("Out", (), {"logits": logits})()
 
@@ -136,7 +138,8 @@ def test_scoring_gathers_only_labelled_positions():
         lls = scoring.loglikelihoods(Logits(), rows, FusionCollator(0, {}, 8), batch_size=2, device="cpu")
     finally:
         torch.log_softmax = real
-    assert seen == [(2, 29, 50)] and shapes == [(3, 50)]
+    assert kept == [[7, 26, 27]], "row 2 (right-padded) labels position 8, row 1 positions 27 and 28"
+    assert seen == [(2, 3, 50)] and shapes == [(3, 50)]
     assert lls.shape == (2,) and np.all(lls < 0)
 
 
