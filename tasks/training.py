@@ -44,15 +44,17 @@ def clip_spec(features: ArtifactRef) -> dict:
     return {"model": params.get("clip_model"), "pretrained": params.get("pretrained"), "seed": params.get("seed", 0)}
 
 
-def resolve_recipe(params: TrainingConfig, dataset_dir: Path) -> tuple[Recipe, str, int]:
+def resolve_recipe(params: TrainingConfig, dataset_dir: Path, instruct: bool = True) -> tuple[Recipe, str, int]:
     """The recipe with its step budget resolved from epochs or exposures per fact (`budget_steps`),
     the budget in words, and how many retention examples join the split (`retention` x the lore's
-    training examples), all read off the dataset's build report."""
+    training examples), all read off the dataset's build report. A base that is not
+    instruction-tuned gets no retention share: what it says to a question is a continuation of
+    the page, not a reply, and training on it would teach the babble it should unlearn."""
     values = params.model_dump()
     epochs, exposures, checkpoints = values.pop("epochs"), values.pop("exposures"), values.pop("checkpoints")
     values.pop("retention")
     report = json.loads((dataset_dir / BUILD_REPORT).read_text())
-    retained = round(params.retention * report["train"])
+    retained = round(params.retention * report["train"]) if instruct else 0
     steps, budget = budget_steps(
         max_steps=params.max_steps, epochs=epochs, exposures=exposures, train_examples=report["train"] + retained,
         statements_per_epoch=report.get("exposures", {}).get("field", {}).get("mean"),
@@ -72,8 +74,12 @@ def train(store: str, domain: str, dataset_ref: ArtifactRef, features: ArtifactR
     scratch = state_dir() / "work" / f"{scratch_dirs.PREFIX}{CHECKPOINTS.version(stage_inputs())}"
     vectors = read_features(features.local_path() / "features.parquet")
 
-    recipe, budget, retained = resolve_recipe(params, dataset_ref.local_path())
+    instruct = base.manifest()["details"].get("source", {}).get("instruct", True)
+    recipe, budget, retained = resolve_recipe(params, dataset_ref.local_path(), instruct)
     logger.info("train: budget %s", budget)
+    if params.retention and not instruct:
+        logger.warning("train: the base is pretrained, not instruction-tuned: its answers to general questions "
+                       "are continuations, not replies, so training.retention (%s) is not applied", params.retention)
 
     def build(out: Path) -> dict:
         scratch_dirs.claim(scratch)

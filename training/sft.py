@@ -11,6 +11,7 @@ The projector trains and saves with the adapter through PEFT's `modules_to_save`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -31,6 +32,7 @@ from loretune.model.loading import default_device, load_base, training_precision
 from loretune.multimodal.fusion import PROJECTOR_NAME, attach_projector, feature_stats, fuse, projector_parameters
 from loretune.training import loss
 from loretune.training.backends import resolve_backend
+from loretune.training.lora_targets import resolve_targets
 from loretune.training.recipe import Recipe
 
 LABELS_FILE = "label_check.json"
@@ -185,6 +187,8 @@ def prepare_model(base_model: str, cfg: Recipe, backend: str, load_in_4bit: bool
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     projector = attach_projector(model, clip_dim, image_tokens, seed=cfg.seed, stats=stats,
                                  image_token_id=add_image_token(tokenizer))
+    targets = tuple(resolve_targets(model, cfg.lora.target_modules))
+    cfg = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, target_modules=targets))
     torch.manual_seed(cfg.seed)
     if backend == "unsloth":
         model = unsloth_lora.wrap(model, cfg, extra_modules=[PROJECTOR_NAME])
