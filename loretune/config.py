@@ -375,6 +375,15 @@ class ExportConfig(Section):
     parity: ParityConfig = ParityConfig()
 
 
+class CompareConfig(Section):
+    """The bases the `compare` flow puts side by side (`flows/compare.py`), each one finetune run."""
+
+    # Packaged names, local model folders or Hugging Face ids (`id@revision` pins a revision).
+    bases: list[str] = Field(["smollm2-135m-instruct", "gemma3-270m"], min_length=1)
+    # A base's own overrides (dotted keys, as --set), e.g. {gemma3-270m: {training.learning_rate: 0.001}}.
+    per_base: dict[str, dict[str, Any]] = {}
+
+
 class LoretuneConfig(Section):
     domain: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     store: str | None = None
@@ -387,6 +396,7 @@ class LoretuneConfig(Section):
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     export: ExportConfig = ExportConfig()
+    compare: CompareConfig = CompareConfig()
 
     def store_uri(self) -> str:
         """Where artifacts live: the config's `store`, else the project's state folder."""

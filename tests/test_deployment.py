@@ -51,9 +51,10 @@ def flow_name(entrypoint: str) -> str:
     raise AssertionError(f"{path} has no top-level function {function!r}")
 
 
-def test_prefect_yaml_defines_both_deployments_on_the_local_pool():
+def test_prefect_yaml_defines_every_deployment_on_the_local_pool():
     spec = yaml.safe_load(PREFECT_YAML.read_text())
     assert sorted((d["entrypoint"], d["name"]) for d in spec["deployments"]) == [
+        ("flows/compare.py:compare", "naruto"),
         ("flows/finetune.py:finetune", "naruto"),
         ("flows/refresh.py:refresh", "naruto"),
         ("flows/sweep.py:sweep", "naruto"),

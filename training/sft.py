@@ -326,7 +326,8 @@ def train(
         if last:
             log(f"train: resuming from {last[-1].path.name} (step {last[-1].step} of {cfg.max_steps})")
         try:
-            trainer.train(resume_from_checkpoint=str(last[-1].path) if last else None)
+            started = last[-1].step if last else 0
+            output = trainer.train(resume_from_checkpoint=str(last[-1].path) if last else None)
             break
         except Exception as exc:
             if not is_out_of_memory(exc):
@@ -348,6 +349,13 @@ def train(
             log(f"train: CUDA out of memory at step {step} with {tried}; retrying with batch {batch_size} x "
                 f"accumulation {accumulation} (the same effective batch {batch_size * accumulation})")
     record.update(final_batch_size=batch_size, final_gradient_accumulation_steps=accumulation)
+    # What training cost, for the comparison of bases: tokens per second only for a run that went
+    # uninterrupted from step 0 (a resumed run's clock starts at the resume, its tokens do not).
+    tokens = max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0)
+    runtime = output.metrics.get("train_runtime")
+    record.update(trainable_parameters=trainable, parameters=total, resumed_from_step=started,
+                  train_runtime_s=round(runtime, 2) if runtime else None, tokens=int(tokens),
+                  tokens_per_s=round(tokens / runtime, 1) if runtime and tokens and not started else None)
     (output_dir / TRAINING_RUN_FILE).write_text(json.dumps(record, indent=2))
     return list_checkpoints(output_dir)
 
