@@ -240,6 +240,10 @@ class TrainingConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 on CUDA, bf16 autocast on a CPU with native bf16 (AVX512-BF16, AMX), else fp32")
     seed: int = 0
+    # single: train in this process. accelerate: the hf backend under `accelerate launch`, one
+    # process per device (DDP; gloo on a CPU), the same checkpoint layout. unsloth is single-GPU.
+    launcher: Literal["single", "accelerate"] = "single"
+    num_processes: int = Field(2, ge=1, le=64, description="processes for launcher: accelerate")
 
     @field_validator("packing")
     @classmethod
@@ -384,9 +388,20 @@ class CompareConfig(Section):
     per_base: dict[str, dict[str, Any]] = {}
 
 
+class RuntimeConfig(Section):
+    """Where a flow's tasks run. It changes how fast, never what: no stage fingerprints it."""
+
+    # thread: Prefect's thread pool in the flow run's process. dask: prefect-dask's DaskTaskRunner,
+    # on the cluster at `dask_address` or on a local cluster of `dask_workers` processes.
+    task_runner: Literal["thread", "dask"] = "thread"
+    dask_address: str | None = Field(None, description="scheduler address of an existing Dask cluster, e.g. tcp://host:8786")
+    dask_workers: int = Field(2, ge=1, le=256)
+
+
 class LoretuneConfig(Section):
     domain: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     store: str | None = None
+    runtime: RuntimeConfig = RuntimeConfig()
     http: HttpConfig = HttpConfig()
     sources: SourcesConfig = SourcesConfig()
     images: ImagesConfig = ImagesConfig()
