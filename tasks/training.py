@@ -25,7 +25,7 @@ from loretune.multimodal.clip import read_features
 from loretune.store import ArtifactRef
 from loretune.tasks.model import base_model_location
 from loretune.tasks.stage import StageCache, announce_png, publish_stage, stage_inputs
-from loretune.training import retention, sft, worker
+from loretune.training import launch, retention, sft, worker
 from loretune.training import scratch as scratch_dirs
 from loretune.training.recipe import Recipe, budget_steps
 
@@ -55,10 +55,11 @@ def resolve_recipe(params: TrainingConfig, dataset_dir: Path, instruct: bool = T
     values.pop("retention")
     report = json.loads((dataset_dir / BUILD_REPORT).read_text())
     retained = round(params.retention * report["train"]) if instruct else 0
+    processes = params.num_processes if params.launcher == launch.ACCELERATE else 1  # each step sees all their batches
     steps, budget = budget_steps(
         max_steps=params.max_steps, epochs=epochs, exposures=exposures, train_examples=report["train"] + retained,
         statements_per_epoch=report.get("exposures", {}).get("field", {}).get("mean"),
-        effective_batch=params.batch_size * params.gradient_accumulation_steps)
+        effective_batch=params.batch_size * params.gradient_accumulation_steps * processes)
     if epochs is not None or exposures is not None:
         values.update(max_steps=steps, save_steps=max(1, math.ceil(steps / checkpoints)))
     return Recipe.from_dict(values), budget, retained
@@ -69,8 +70,10 @@ def train(store: str, domain: str, dataset_ref: ArtifactRef, features: ArtifactR
           params: TrainingConfig, image_tokens: int, runtime: dict, load_in_4bit: bool = False) -> ArtifactRef:
     """`runtime` (backend, device, dtype, library versions) is part of the version: a new torch or
     a GPU machine trains anew rather than reusing checkpoints made under other maths. Training
-    itself runs where `runtime["backend"]` says: here for hf, in a process of its own for unsloth."""
+    itself runs where `runtime["backend"]` says: here for hf, in a process of its own for unsloth;
+    with `params.launcher: accelerate`, in `params.num_processes` under `accelerate launch` (hf only)."""
     logger = get_run_logger()
+    launch.check_launcher(runtime["backend"], params.launcher, load_in_4bit)  # before any work
     scratch = state_dir() / "work" / f"{scratch_dirs.PREFIX}{CHECKPOINTS.version(stage_inputs())}"
     vectors = read_features(features.local_path() / "features.parquet")
 
@@ -108,7 +111,7 @@ def train(store: str, domain: str, dataset_ref: ArtifactRef, features: ArtifactR
         return {"checkpoints": len(published), "steps": checkpoints[-1].step, "budget": budget,
                 "retention_examples": len(extra), "backend": run["backend"],
                 "load_in_4bit": run["load_in_4bit"], "images": run["images"],
-                "oom_backoffs": len(run["oom_backoffs"]), "training_run": run,
+                "oom_backoffs": len(run["oom_backoffs"]), "processes": run.get("processes", 1), "training_run": run,
                 "examples_without_trainable_tokens": labels["no_trainable_tokens"],
                 "examples_with_truncated_answers": labels["truncated_answers"], "label_check": labels}
 

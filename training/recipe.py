@@ -42,6 +42,10 @@ class Recipe:
     attn_implementation: str = "sdpa"
     precision: str = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16, else fp32
     seed: int = 0
+    # single: train in the caller's process (or the unsloth worker's). accelerate: the hf backend
+    # under `accelerate launch`, `num_processes` DDP processes (`training/launch.py`).
+    launcher: str = "single"
+    num_processes: int = 2
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Recipe:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -46,14 +47,19 @@ class FusionSFTTrainer(SFTTrainer):
     labelled_only = True  # False: TRL's own loss (`bench/cpu_training.py` measures both)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # Under several processes `model` is DDP's wrapper: the images fuse on the model inside it,
+        # and the loss is TRL's, through the wrapper's forward. The labelled-only loss calls the
+        # backbone directly, which would bypass DDP's gradient sync (and TRL's scaling by the
+        # number of processes, whose tokens `num_items_in_batch` counts).
+        inner = self.accelerator.unwrap_model(model)
         fused = fuse(
-            model,
+            inner,
             inputs["input_ids"],
             inputs["attention_mask"],
             inputs["image_features"],
             inputs["labels"],
         )
-        if return_outputs or not self.labelled_only or not loss.supports(model):
+        if return_outputs or not self.labelled_only or inner is not model or not loss.supports(model):
             return super().compute_loss(model, fused, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
         labels = fused.pop("labels")
@@ -224,7 +230,12 @@ def train(
     A CUDA out-of-memory error retries with half the per-device batch and twice the gradient
     accumulation, the same effective batch, at most `MAX_OOM_BACKOFFS` times, from the last
     checkpoint; what happened is in `TRAINING_RUN_FILE`.
+
+    In one of several processes `accelerate launch` started (`training/launch.py`), the Trainer
+    trains data-parallel and saves checkpoints from process 0, which alone writes the run's files;
+    an out-of-memory error there is not retried (the processes would have to back off together).
     """
+    rank, processes = process_rank()
     backend = backend or resolve_backend(cfg.backend, log)
     device = default_device()
     precision = training_precision(device, cfg.precision)
@@ -252,12 +263,13 @@ def train(
     has_validation = "validation" in data and len(data["validation"]) > 0
     log(f"train: {len(data['train'])} training and {len(data['validation']) if has_validation else 0} validation examples")
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / LABELS_FILE).write_text(json.dumps(labels, indent=2))
-    (output_dir / MULTIMODAL_FILE).write_text(json.dumps(
-        {"clip_dim": clip_dim, "image_tokens": image_tokens, "projector_seed": cfg.seed,
-         "projector_parameters": projector_parameters(clip_dim, projector.hidden_size, image_tokens),
-         "feature_stats": stats, "base_model": base_label(base_model), **({"clip": clip} if clip else {})}
-    ))
+    if rank == 0:
+        (output_dir / LABELS_FILE).write_text(json.dumps(labels, indent=2))
+        (output_dir / MULTIMODAL_FILE).write_text(json.dumps(
+            {"clip_dim": clip_dim, "image_tokens": image_tokens, "projector_seed": cfg.seed,
+             "projector_parameters": projector_parameters(clip_dim, projector.hidden_size, image_tokens),
+             "feature_stats": stats, "base_model": base_label(base_model), **({"clip": clip} if clip else {})}
+        ))
 
     def make_trainer(batch_size: int, accumulation: int) -> FusionSFTTrainer:
         args = SFTConfig(
@@ -311,16 +323,16 @@ def train(
     # adapter and projector as initialised (a checkpoint, when there is one, overwrites them).
     initial = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
     record = {"backend": backend, "load_in_4bit": load_in_4bit, "device": device, "precision": precision,
-              "images": "fused",
+              "images": "fused", "processes": processes,
               "batch_size": cfg.batch_size, "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
-              "effective_batch": cfg.batch_size * cfg.gradient_accumulation_steps, "oom_backoffs": []}
+              "effective_batch": cfg.batch_size * cfg.gradient_accumulation_steps * processes, "oom_backoffs": []}
     batch_size, accumulation = cfg.batch_size, cfg.gradient_accumulation_steps
     while True:
         trainer = make_trainer(batch_size, accumulation)
         if not record["oom_backoffs"] and len(trainer.train_dataset) != labels["examples"] - labels["no_trainable_tokens"]:
             log(f"train: warning: TRL kept {len(trainer.train_dataset)} examples, the label check expected "
                 f"{labels['examples'] - labels['no_trainable_tokens']}")
-        for partial in discard_incomplete(output_dir):
+        for partial in discard_incomplete(output_dir) if rank == 0 else ():  # the launcher did it for DDP
             log(f"train: removed {partial}, left half-written by an interrupted save")
         last = list_checkpoints(output_dir)
         if last:
@@ -332,6 +344,12 @@ def train(
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
+            if processes > 1:
+                raise OutOfMemory(f"training ran out of GPU memory at step {trainer.state.global_step} in one of "
+                                  f"{processes} processes, with batch {batch_size} x accumulation {accumulation}; "
+                                  "lower training.batch_size (raise gradient_accumulation_steps to keep the "
+                                  "effective batch) or training.max_length, or set training.gradient_checkpointing: "
+                                  "true") from exc
             step = trainer.state.global_step
             tried = f"batch {batch_size} x accumulation {accumulation}"
             if len(record["oom_backoffs"]) >= MAX_OOM_BACKOFFS or batch_size < 2 or batch_size % 2:
@@ -356,8 +374,15 @@ def train(
     record.update(trainable_parameters=trainable, parameters=total, resumed_from_step=started,
                   train_runtime_s=round(runtime, 2) if runtime else None, tokens=int(tokens),
                   tokens_per_s=round(tokens / runtime, 1) if runtime and tokens and not started else None)
-    (output_dir / TRAINING_RUN_FILE).write_text(json.dumps(record, indent=2))
+    if rank == 0:
+        (output_dir / TRAINING_RUN_FILE).write_text(json.dumps(record, indent=2))
     return list_checkpoints(output_dir)
+
+
+def process_rank() -> tuple[int, int]:
+    """This process's rank and how many train together: (0, 1) unless torchrun (which `accelerate
+    launch` uses) started it as one of several."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def release_memory(model: Any, initial: dict[str, torch.Tensor]) -> None:
@@ -381,6 +406,12 @@ def release_memory(model: Any, initial: dict[str, torch.Tensor]) -> None:
 RESUME_ONLY = frozenset({"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin", "README.md"})
 
 
+def resume_only(name: str) -> bool:
+    """`RESUME_ONLY`, and the per-process random states a run of several processes saves instead of
+    `rng_state.pth` (`rng_state_<rank>.pth`)."""
+    return name in RESUME_ONLY or (name.startswith("rng_state_") and name.endswith(".pth"))
+
+
 def base_label(base_model: str) -> str:
     """How a checkpoint names its base: the model artifact's store-relative name, never a machine path."""
     folder = Path(base_model)
@@ -399,7 +430,7 @@ def publish_checkpoints(output_dir: Path, out: Path) -> list[Checkpoint]:
         target = out / checkpoint.path.name
         target.mkdir()
         for path in sorted(checkpoint.path.iterdir()):
-            if path.name not in RESUME_ONLY:
+            if not resume_only(path.name):
                 (shutil.copytree if path.is_dir() else shutil.copy2)(path, target / path.name)
         config_file = target / "adapter_config.json"
         config = json.loads(config_file.read_text())
