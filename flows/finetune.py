@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.states import Completed
 
 from loretune.export.convert import converter_version
-from loretune.flows.stages import preflight, prepare_data, publish_ledger, resolve_config, run_stage
+from loretune.flows.stages import preflight, prepare_data, publish_ledger, resolve_config, run_stage, with_runner
 from loretune.model.base_models import TINY
 from loretune.tasks.evaluation import (
     evaluate_checkpoints,
@@ -22,20 +22,23 @@ from loretune.tasks.export import export_model, read_export, select
 from loretune.tasks.model import build_base_model
 from loretune.tasks.training import train
 from loretune.training.backends import runtime
+from loretune.training.launch import check_launcher
 
 
 @flow(name="finetune")
 def finetune(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] | None = None,
-             sample_sources: str | None = None) -> dict[str, Any]:
+             sample_sources: str | None = None,
+             task_runner: Literal["thread", "dask"] | None = None) -> dict[str, Any]:
     """Every stage, each a versioned artifact; stages whose inputs did not change are Cached.
 
     `overrides` takes dotted config keys, e.g. {"training.max_steps": 30}; `sample_sources` is
     the base URL of the offline sample sources server, which then stands in for the real sites.
     """
-    cfg = resolve_config(config, overrides, sample_sources)
+    cfg = resolve_config(config, with_runner(overrides, task_runner), sample_sources)
     checked = preflight(config, cfg)  # a broken set or model fails here, before any work
     tools = converter_version() if cfg.export.enabled else {}  # so does a missing llama.cpp
     maths = runtime(cfg.training.backend, cfg.model.load_in_4bit, cfg.training.precision)  # and a backend this machine lacks
+    check_launcher(maths["backend"], cfg.training.launcher, cfg.model.load_in_4bit)  # and a launcher it cannot use
     store, ledger = cfg.store_uri(), {}
     common = dict(store=store, domain=cfg.domain)
     data = prepare_data(cfg, ledger, config)

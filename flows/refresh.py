@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
 
-from loretune.flows.stages import prepare_data, publish_ledger, resolve_config, run_stage
+from loretune.flows.stages import prepare_data, publish_ledger, resolve_config, run_stage, with_runner
 from loretune.tasks.ingest import ingest_documents
 
 # What a refresh that published a new dataset says; finetune/<domain>'s deployment trigger
@@ -21,9 +21,10 @@ def dataset_resource(domain: str) -> str:
 
 @flow(name="refresh")
 def refresh(config: str = "deployments/naruto.yaml", overrides: dict[str, Any] | None = None,
-            sample_sources: str | None = None) -> dict[str, Any]:
+            sample_sources: str | None = None,
+            task_runner: Literal["thread", "dask"] | None = None) -> dict[str, Any]:
     """Ask every source; on an unchanged night only the source checks do any work."""
-    cfg = resolve_config(config, overrides, sample_sources)
+    cfg = resolve_config(config, with_runner(overrides, task_runner), sample_sources)
     ledger: dict[str, dict[str, str]] = {}
     prepare_data(cfg, ledger, config)
     publish_ledger(f"{cfg.domain}-refresh", ledger, cfg.store_uri())

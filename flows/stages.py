@@ -7,13 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prefect import flow
 from prefect.artifacts import create_table_artifact
+from prefect.context import FlowRunContext
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from loretune.config import LoretuneConfig, load_config
 from loretune.dataset import mix
 from loretune.dataset.evalsets import BUILTIN_SETS, EvalSetError, UserSet, user_sets
 from loretune.dataset.opensets import OPEN_SETS, user_open_sets
 from loretune.evaluation.open_questions import PROBES
+from loretune.flows.runners import task_runner
 from loretune.model.base_models import describe_source
 from loretune.samples.server import sample_overrides
 from loretune.store import ArtifactRef
@@ -21,6 +25,7 @@ from loretune.tasks.dataset import build_dataset
 from loretune.tasks.features import extract_features
 from loretune.tasks.images import fetch_images
 from loretune.tasks.ingest import ingest_documents
+from loretune.tasks.results import with_result_storage
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,6 +35,11 @@ def resolve_config(config: str, overrides: dict[str, Any] | None, sample_sources
     path = _config_path(config)
     merged = {**(sample_overrides(sample_sources.rstrip("/")) if sample_sources else {}), **(overrides or {})}
     return load_config(path, merged)
+
+
+def with_runner(overrides: dict[str, Any] | None, task_runner: str | None) -> dict[str, Any] | None:
+    """A flow's `task_runner` parameter as the override it is: it wins over the config's runtime."""
+    return {**(overrides or {}), "runtime.task_runner": task_runner} if task_runner else overrides
 
 
 @dataclass(frozen=True)
@@ -61,11 +71,23 @@ def _config_path(config: str) -> Path:
 
 
 def run_stage(task: Any, ledger: dict[str, dict[str, str]], **kwargs: Any) -> ArtifactRef:
-    """Run a stage task, noting its version and final state (Completed / Cached) in `ledger`."""
-    state = task(**kwargs, return_state=True)
+    """Run a stage task, noting its version and final state (Completed / Cached) in `ledger`.
+    With a remote store, cached stages keep Prefect's results beside it (tasks/results.py)."""
+    state = _on_runner(with_result_storage(task, kwargs.get("store")), kwargs)
     ref = state.result()
     ledger[ref.stage] = {"version": ref.version, "state": state.name}
     return ref
+
+
+def _on_runner(task: Any, kwargs: dict[str, Any]) -> Any:
+    """The task's final state. Called directly, a task runs in the flow's own process whatever its
+    runner; only a submitted one goes to the runner (a Dask worker). The thread runner keeps the
+    direct call, the one path every test has covered."""
+    if isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner):
+        return task(**kwargs, return_state=True)
+    future = task.submit(**kwargs)
+    future.wait()
+    return future.state
 
 
 def mix_sources(cfg: LoretuneConfig, config: str) -> list[dict[str, Any]]:
@@ -77,7 +99,26 @@ def mix_sources(cfg: LoretuneConfig, config: str) -> list[dict[str, Any]]:
 
 def prepare_data(cfg: LoretuneConfig, ledger: dict[str, dict[str, str]],
                  config: str = "deployments/naruto.yaml") -> dict[str, ArtifactRef]:
-    """documents -> images -> features -> dataset: the part the nightly refresh keeps current."""
+    """documents -> images -> features -> dataset: the part the nightly refresh keeps current.
+
+    On `runtime.task_runner: dask` they run as the `data` subflow on a Dask cluster, where ingest
+    spreads its sources, and images and features their batches, across the workers (tasks/fanout.py).
+    """
+    if cfg.runtime.task_runner == "thread":
+        return _data_stages(cfg, ledger, config)
+    refs, found = data.with_options(task_runner=task_runner(cfg.runtime))(cfg=cfg, config=config)
+    ledger.update(found)
+    return refs
+
+
+@flow(name="data")
+def data(cfg: LoretuneConfig, config: str) -> tuple[dict[str, ArtifactRef], dict[str, dict[str, str]]]:
+    """The data stages on the task runner `prepare_data` chose: their refs and ledger entries."""
+    ledger: dict[str, dict[str, str]] = {}
+    return _data_stages(cfg, ledger, config), ledger
+
+
+def _data_stages(cfg: LoretuneConfig, ledger: dict[str, dict[str, str]], config: str) -> dict[str, ArtifactRef]:
     mixed = mix_sources(cfg, config)
     common = dict(store=cfg.store_uri(), domain=cfg.domain)
     documents = run_stage(ingest_documents, ledger, **common, sources_cfg=cfg.sources, http_cfg=cfg.http)

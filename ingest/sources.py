@@ -25,6 +25,7 @@ from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+from urllib.parse import urlsplit
 
 from loretune.ingest import fandom, reddit, sportskeeda, youtube
 from loretune.ingest.documents import Document
@@ -141,9 +142,43 @@ SCOPES: dict[str, Scope] = {
 }
 
 
+Map = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
+
+
+def in_order(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """`collect`'s default `fan_out`: one item after another, in this process."""
+    return [fn(item) for item in items]
+
+
+def hosts(scope: Mapping[str, Any]) -> set[str]:
+    """The host names in a source's scope: the servers it talks to. Scheme and port are left out,
+    so one server behind http and https, or on two ports, counts once (the cautious reading)."""
+    urls = [u for value in scope.values() for u in (value if isinstance(value, (list, tuple)) else [value])
+            if isinstance(u, str)]
+    return {host for host in (urlsplit(u).hostname for u in urls) if host}
+
+
+def host_groups(scopes: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
+    """The sources in groups that share no server, in `scopes`' order (each group too).
+
+    Politeness is per host (the minimum interval, robots.txt's Crawl-delay, Retry-After) and lives
+    in one `PoliteSession`, so two sources that talk to one server must not run side by side: they
+    are one group, run one after the other, and only groups run in parallel. The sample sources
+    server is one host for all four, so offline they are one group.
+    """
+    groups: list[tuple[set[str], list[str]]] = []
+    for name, scope in scopes.items():
+        named = hosts(scope)
+        overlapping = [g for g in groups if g[0] & named]
+        merged = (set(named).union(*(g[0] for g in overlapping)), [n for g in overlapping for n in g[1]] + [name])
+        groups = [g for g in groups if g not in overlapping] + [merged]
+    order = list(scopes)
+    return sorted((sorted(names, key=order.index) for _, names in groups), key=lambda g: order.index(g[0]))
+
+
 def collect(sources: Mapping[str, Any], http: Mapping[str, Any], log: Log = print,
             previous: Callable[[], Stored] = Stored, runners: Mapping[str, Runner] = RUNNERS, cache_dir: Path | None = None,
-            scopes: Mapping[str, Scope] = SCOPES,
+            scopes: Mapping[str, Scope] = SCOPES, fan_out: Map = in_order,
             ) -> tuple[list[Document], dict[str, SourceReport]]:
     """Every enabled source's documents; a failed source's come from the stored version instead,
     if that version's documents of the source came from the same scope (see the module docstring).
@@ -154,47 +189,62 @@ def collect(sources: Mapping[str, Any], http: Mapping[str, Any], log: Log = prin
     them (to update them incrementally, or to carry them forward after a failure).
     `cache_dir` keeps an HTTP cache between runs (conditional requests); None means no cache.
     `scopes` gives each runner's scope; a runner without one has the empty scope.
+    `fan_out(fn, groups)` runs `fn` on each group of sources that share no server (`host_groups`)
+    and returns the results in order: one after another by default; the task layer passes one that
+    runs them across a Dask cluster. Documents come in the runners' order either way, so the
+    corpus, and its version, do not depend on how the sources ran.
     """
-    documents: list[Document] = []
-    reports: dict[str, SourceReport] = {}
     stored = previous()
     read_stored = cache(lambda: list(stored.read()))
-    for name, run in runners.items():
-        section = sources.get(name)
-        scope = scopes[name](section) if name in scopes and section is not None else {}
+    scoped = {name: scopes[name](sources[name]) if name in scopes and sources.get(name) is not None else {}
+              for name in runners}
+
+    def run_one(name: str, session: PoliteSession) -> tuple[list[Document], SourceReport]:
+        section, scope, run = sources.get(name), scoped[name], runners[name]
         if section is not None and not section.enabled:
-            reports[name] = SourceReport("skipped", error="disabled in config", scope=scope)
-            continue
-        session = PoliteSession(**http, cache_dir=cache_dir)
+            return [], SourceReport("skipped", error="disabled in config", scope=scope)
+        start = (session.requests_made, session.bytes_received, session.cached_responses)
+
+        def used() -> tuple[int, int, int]:  # this source's share of the group's session
+            return tuple(now - then for now, then in zip(
+                (session.requests_made, session.bytes_received, session.cached_responses), start))
+
         refusal = stored.refusal(name, scope)
         if refusal is None:
             state = dict(stored.states.get(name) or {})
-            prior = Prior(state, lambda name=name: [doc for doc in read_stored() if doc.source == name])
+            prior = Prior(state, lambda: [doc for doc in read_stored() if doc.source == name])
         else:  # not its own past: start from nothing, as on the first run
             state, prior = {}, Prior({}, list)
         try:
             docs, stats, new_state = run(section, session, prior, log)
         except SourceSkipped as exc:
-            reports[name] = SourceReport("skipped", error=str(exc), scope=scope)
             log(f"{name}: skipped: {exc}")
-            continue
+            return [], SourceReport("skipped", error=str(exc), scope=scope)
         except Exception as exc:  # any failure of one source is reported, not raised
             kept = prior.documents()
-            documents += kept
-            reports[name] = SourceReport("failed", len(kept), session.requests_made, session.bytes_received,
-                                         error=f"{type(exc).__name__}: {exc}", carried_forward=len(kept),
-                                         carried_from=stored.version if refusal is None else None,
-                                         not_carried=refusal, cached=session.cached_responses, state=state,
-                                         scope=scope)
             if refusal is None:
                 log(f"{name}: FAILED: {exc} (keeping its {len(kept)} documents from documents {stored.version})")
             else:
                 log(f"{name}: FAILED: {exc} (nothing carried forward: {refusal})")
-            continue
-        documents += docs
-        requests = max(session.requests_made, stats.get("requests", 0))  # praw counts its own
-        reports[name] = SourceReport("ok", len(docs), requests, session.bytes_received,
-                                     cached=session.cached_responses, stats=stats, state=new_state, scope=scope)
+            requests, received, cached = used()
+            return kept, SourceReport("failed", len(kept), requests, received,
+                                      error=f"{type(exc).__name__}: {exc}", carried_forward=len(kept),
+                                      carried_from=stored.version if refusal is None else None,
+                                      not_carried=refusal, cached=cached, state=state, scope=scope)
+        requests, received, cached = used()
+        return docs, SourceReport("ok", len(docs), max(requests, stats.get("requests", 0)),  # praw counts its own
+                                  received, cached=cached, stats=stats, state=new_state, scope=scope)
+
+    def run_group(names: list[str]) -> list[tuple[str, tuple[list[Document], SourceReport]]]:
+        """Sources that share a server, one after another, through one session: its per-host
+        interval, robots.txt and Retry-After then hold across them. Each source's report counts
+        only its own requests."""
+        session = PoliteSession(**http, cache_dir=cache_dir)
+        return [(name, run_one(name, session)) for name in names]
+
+    done = dict(pair for group in fan_out(run_group, host_groups(scoped)) for pair in group)
+    documents = [doc for name in runners for doc in done[name][0]]  # the runners' order, however they ran
+    reports = {name: done[name][1] for name in runners}
     attempted = [r for r in reports.values() if r.status != "skipped"]
     if attempted and all(r.status == "failed" for r in attempted):
         raise AllSourcesFailed("every source failed: " + "; ".join(

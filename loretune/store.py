@@ -1,10 +1,39 @@
 """The versioned artifact store: `<store>/<stage>/<version>/` with data and a `manifest.json`.
 
-Artifacts are immutable and published atomically: a stage builds into a scratch folder and only a
-complete folder (manifest last) is moved into place, so a crash or a failed stage never leaves
-half an artifact and never touches one already stored. The root is a path or an fsspec URL; on a
-local disk the final move is a rename, on object storage the manifest is the commit marker
-(readers ignore a version without one).
+Artifacts are immutable and published atomically: a stage builds into a scratch folder, and only a
+complete build becomes visible, in one final step, so a crash or a failed stage never leaves half
+an artifact and never touches one already stored. The root is a path or an fsspec URL.
+
+On a local disk the final step is a rename of the complete folder (manifest included).
+
+On object storage (`s3://bucket/prefix`, or any other fsspec URL) there is no rename, so:
+
+1. the data is uploaded under a prefix of its own, `<stage>/<version>/attempt-<uuid>/`, that no
+   reader looks at yet;
+2. then one write of `<stage>/<version>/manifest.json` commits it: the manifest names that prefix
+   (`data_prefix`), and readers trust only the prefix their manifest names;
+3. the manifest is written with a conditional put (`pipe_file(mode="create")`: S3's
+   `If-None-Match: *`), so of two writers publishing the same version at once exactly one
+   manifest lands; the loser gets `FileExistsError`, deletes its own attempt prefix, and returns
+   the winner's manifest. A backend that ignores the condition degrades to last-writer-wins, which
+   stays consistent because every manifest names a complete prefix: each writer re-reads the
+   manifest after writing and deletes its prefix unless that manifest names it.
+
+An upload that fails half-way removes its attempt prefix; one killed outright leaves an attempt
+prefix with no manifest naming it, which no reader ever looks at (and a later publish of the
+same version simply writes a new attempt).
+
+Credentials never appear in a store URI (one with `user:secret@` is refused): for S3, s3fs and
+botocore read `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (or a profile, or an instance role)
+and the endpoint from `AWS_ENDPOINT_URL` (`AWS_ENDPOINT_URL_S3`), as every AWS client does.
+
+Machine-local (per machine, never shared, safe to delete):
+- the remote-artifact cache, `LORETUNE_CACHE` (default `$LORETUNE_HOME/remote-cache`): a remote
+  artifact that a stage reads is downloaded once, complete (into a partial folder renamed into
+  place), to `<cache>/<hash of the store URL>/<stage>/<version>/`; a remote publish builds in
+  `<cache>/.scratch/` and keeps its build there as the cached copy, so the publishing machine never
+  downloads what it just uploaded. Under `$LORETUNE_HOME` rather than the system temp folder so it
+  survives reboots, sits with the machine's other state and is cleared with it.
 """
 
 from __future__ import annotations
@@ -19,18 +48,26 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from loretune.config import state_dir
 from loretune.hashing import folder_sha256
 
 MANIFEST = "manifest.json"
 SCRATCH = ".scratch"
+ATTEMPT = "attempt-"  # a remote publish's data prefix: <stage>/<version>/attempt-<uuid>/
+DATA_PREFIX = "data_prefix"  # the manifest field naming it
 
 
 class ArtifactMissing(FileNotFoundError):
     """A stage asked for an input version the store does not hold."""
+
+
+class StoreURIError(ValueError):
+    """A store URI that cannot be used as one (e.g. credentials written into it)."""
 
 
 @dataclass(frozen=True)
@@ -56,10 +93,37 @@ class ArtifactRef:
         return manifest
 
 
+def remote_cache_dir() -> Path:
+    """Where remote artifacts are downloaded to and remote publishes build: machine-local."""
+    return Path(os.environ.get("LORETUNE_CACHE") or state_dir() / "remote-cache").expanduser().resolve()
+
+
+def storage_options(root: str) -> dict[str, Any]:
+    """fsspec options for a store root: none for a local path; for a remote one, no listings cache,
+    since other machines publish into the same store and a cached listing would hide their versions.
+    Never credentials: those come from the environment (see the module docstring)."""
+    protocol = fsspec.core.split_protocol(root)[0]
+    return {} if protocol in (None, "file", "local") else {"use_listings_cache": False}
+
+
+def check_uri(root: str) -> None:
+    """Refuse a store URI with credentials in it: it would be written into manifests, ledgers and logs."""
+    protocol = fsspec.core.split_protocol(root)[0]
+    if protocol in (None, "file", "local"):
+        return
+    parts = urlsplit(root)
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        # Not echoed: the URI holds a secret.
+        raise StoreURIError(f"the {protocol}:// store URI has credentials in it (user:secret@...); give the bucket "
+                            "and prefix only, and the credentials through the environment (AWS_ACCESS_KEY_ID, "
+                            "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL), an AWS profile or an instance role")
+
+
 class ArtifactStore:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = str(root)
-        self.fs, self._base = fsspec.core.url_to_fs(self.root)
+        check_uri(self.root)
+        self.fs, self._base = fsspec.core.url_to_fs(self.root, **storage_options(self.root))
         self.is_local = isinstance(self.fs, LocalFileSystem)
 
     def ref(self, stage: str, version: str) -> ArtifactRef:
@@ -68,29 +132,78 @@ class ArtifactStore:
     def _path(self, *parts: str) -> str:
         return "/".join([self._base.rstrip("/"), *parts])
 
-    def manifest(self, stage: str, version: str) -> dict[str, Any] | None:
+    def _manifest_text(self, stage: str, version: str) -> str | None:
         try:
             with self.fs.open(self._path(stage, version, MANIFEST), "r") as f:
-                return json.load(f)
+                return f.read()
         except (FileNotFoundError, NotADirectoryError):
             return None
+
+    def manifest(self, stage: str, version: str) -> dict[str, Any] | None:
+        text = self._manifest_text(stage, version)
+        return None if text is None else json.loads(text)
 
     def exists(self, stage: str, version: str) -> bool:
         return self.manifest(stage, version) is not None
 
     def local_path(self, stage: str, version: str) -> Path:
-        """A local folder holding the artifact; remote artifacts are downloaded once to a cache."""
-        if not self.exists(stage, version):
+        """A local folder holding the artifact: on a local disk the artifact itself; a remote one is
+        downloaded once (exactly the data prefix its manifest names, plus the manifest) to the
+        machine-local cache (`remote_cache_dir()`), complete before it is visible there."""
+        text = self._manifest_text(stage, version)
+        if text is None:
             raise ArtifactMissing(f"{self.root}: no artifact {stage}/{version}")
         if self.is_local:
             return Path(self._path(stage, version))
-        cache = Path(os.environ.get("LORETUNE_CACHE", Path(tempfile.gettempdir()) / "loretune-cache"))
-        target = cache / hashlib.sha256(self.root.encode()).hexdigest()[:12] / stage / version
-        if not (target / MANIFEST).exists():
-            partial = target.with_name(f"{version}.{uuid.uuid4().hex}.partial")
-            self.fs.get(self._path(stage, version), str(partial), recursive=True)
-            partial.replace(target) if not target.exists() else shutil.rmtree(partial)
+        manifest = json.loads(text)
+        target = self._cache_target(stage, version)
+        cached = target / MANIFEST
+        if cached.exists() and _data_prefix(target) == manifest.get(DATA_PREFIX):
+            return target
+        partial = target.with_name(f"{version}.{uuid.uuid4().hex}.partial")
+        try:
+            partial.mkdir(parents=True)
+            prefix = manifest.get(DATA_PREFIX)
+            if prefix:
+                source = self.fs._strip_protocol(self._path(stage, version, prefix)).rstrip("/")
+                remote = [f for f in self.fs.find(source) if f.startswith(source + "/")]
+                local = [str(partial / f[len(source) + 1:]) for f in remote]
+                for path in local:
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                if remote:
+                    self.fs.get(remote, local)  # one batch: concurrent on an async filesystem such as s3fs
+            else:  # published before attempt prefixes: the data sits beside the manifest
+                self.fs.get(self._path(stage, version), str(partial), recursive=True)
+            (partial / MANIFEST).write_text(text)
+            _read_only(partial)
+            self._place(partial, target)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
         return target
+
+    def _cache_target(self, stage: str, version: str) -> Path:
+        return remote_cache_dir() / hashlib.sha256(self.root.encode()).hexdigest()[:12] / stage / version
+
+    @staticmethod
+    def _place(complete: Path, target: Path) -> None:
+        """Move a complete local copy into place. A copy of the same data prefix already there (placed
+        meanwhile by another thread or process) is kept; a stale one (another prefix, only possible on
+        a backend without conditional writes) is replaced."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (target / MANIFEST).exists():
+            if _data_prefix(target) == _data_prefix(complete):
+                return
+            stale = target.with_name(f"{target.name}.{uuid.uuid4().hex}.stale")
+            try:
+                os.rename(target, stale)
+            except FileNotFoundError:
+                pass
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.rename(complete, target)
+        except OSError:
+            if not (target / MANIFEST).exists():
+                raise
 
     def publish(
         self,
@@ -99,13 +212,14 @@ class ArtifactStore:
         build: Callable[[Path], dict[str, Any] | None],
         manifest_fields: dict[str, Any],
     ) -> dict[str, Any]:
-        """Run `build(folder)` into scratch space, add the manifest, move the folder into place.
+        """Run `build(folder)` into scratch space, add the manifest, make it visible in one step.
 
         `build` returns a summary for the manifest: numbers go to `counts` (rows, documents, ...),
-        anything else to `details`. If it
-        raises, the scratch folder is removed and the store is exactly as before.
+        anything else to `details`. If it raises, the scratch folder is removed and the store is
+        exactly as before. If the version is published meanwhile (a concurrent run of the same
+        fingerprint), that artifact stands and its manifest is returned.
         """
-        scratch_root = Path(self._path(SCRATCH)) if self.is_local else Path(tempfile.gettempdir())
+        scratch_root = Path(self._path(SCRATCH)) if self.is_local else remote_cache_dir() / SCRATCH
         scratch_root.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f"{stage}-{version}-", dir=scratch_root))
         try:
@@ -122,32 +236,82 @@ class ArtifactStore:
                 "details": {k: v for k, v in summary.items() if k not in counts},
                 "content_hash": content_hash(scratch),
             }
+            if not self.is_local:
+                manifest[DATA_PREFIX] = f"{ATTEMPT}{uuid.uuid4().hex}"
             (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-            if not self._commit(scratch, stage, version):
+            if self.is_local:
+                committed = self._commit(scratch, stage, version)
+            else:
+                committed = self._commit_remote(scratch, stage, version, manifest)
+            if not committed:
                 return self.manifest(stage, version) or manifest  # a concurrent run won: its artifact stands
             return manifest
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
     def _commit(self, scratch: Path, stage: str, version: str) -> bool:
-        """Move a complete scratch folder into place; False if the version appeared meanwhile."""
+        """Rename a complete scratch folder into place; False if the version appeared meanwhile."""
         final = self._path(stage, version)
         if self.exists(stage, version):
             return False  # published meanwhile by another run with the same fingerprint
-        if self.is_local:
-            Path(final).parent.mkdir(parents=True, exist_ok=True)
-            if Path(final).exists():  # a leftover without manifest: never a valid artifact
-                shutil.rmtree(final)
-            for path in scratch.rglob("*"):  # a reader that tries to write into an artifact fails loudly
-                path.chmod(0o444 if path.is_file() else 0o755)
-            scratch.chmod(0o755)  # mkdtemp made it private; a shared store is read by others
-            os.rename(scratch, final)
-            return True
-        data = [p for p in scratch.rglob("*") if p.is_file() and p != scratch / MANIFEST]
-        for p in data:
-            self.fs.put_file(str(p), f"{final}/{p.relative_to(scratch).as_posix()}")
-        self.fs.put_file(str(scratch / MANIFEST), f"{final}/{MANIFEST}")  # the commit marker
+        Path(final).parent.mkdir(parents=True, exist_ok=True)
+        if Path(final).exists():  # a leftover without manifest: never a valid artifact
+            shutil.rmtree(final)
+        _read_only(scratch)  # a reader that tries to write into an artifact fails loudly
+        os.rename(scratch, final)
         return True
+
+    def _commit_remote(self, scratch: Path, stage: str, version: str, manifest: dict[str, Any]) -> bool:
+        """Upload the data under its attempt prefix, then commit with one conditional manifest write
+        (see the module docstring); False, with the attempt prefix removed, if another writer won."""
+        if self.exists(stage, version):
+            return False  # published already: upload nothing
+        attempt = manifest[DATA_PREFIX]
+        prefix = self._path(stage, version, attempt)
+        won = False
+        try:
+            data = [p for p in sorted(scratch.rglob("*")) if p.is_file() and p != scratch / MANIFEST]
+            if data:  # one batch: concurrent on an async filesystem such as s3fs
+                self.fs.put([str(p) for p in data], [f"{prefix}/{p.relative_to(scratch).as_posix()}" for p in data])
+            try:
+                body = (scratch / MANIFEST).read_bytes()
+                self.fs.pipe_file(self._path(stage, version, MANIFEST), body, mode="create")  # the commit
+            except FileExistsError:
+                pass  # another writer's manifest landed first: it stands
+            # Re-read rather than trust the write: also right where a backend ignored the condition.
+            won = self._named_prefix(stage, version) == attempt
+        finally:
+            if not won:
+                try:
+                    named = self._named_prefix(stage, version)
+                except OSError:
+                    named = attempt  # cannot tell: leave the prefix (litter at worst, never a hole)
+                if named != attempt:
+                    self._remove(prefix)
+        if won:  # keep the build as this machine's cached copy: no download of what was just uploaded
+            self._place_build(scratch, stage, version)
+        return won
+
+    def _remove(self, prefix: str) -> None:
+        """Best effort: an attempt prefix no manifest names is never read, so a leftover is only litter."""
+        try:
+            if self.fs.exists(prefix):
+                self.fs.rm(prefix, recursive=True)
+        except OSError:
+            pass
+
+    def _named_prefix(self, stage: str, version: str) -> str | None:
+        """The data prefix the stored manifest names (None: no manifest)."""
+        return (self.manifest(stage, version) or {}).get(DATA_PREFIX)
+
+    def _place_build(self, scratch: Path, stage: str, version: str) -> None:
+        copy = scratch.with_name(f"{scratch.name}.cached")
+        os.rename(scratch, copy)
+        try:
+            _read_only(copy)
+            self._place(copy, self._cache_target(stage, version))
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
 
     def versions(self, stage: str) -> list[dict[str, Any]]:
         """Manifests of a stage's published versions, oldest first."""
@@ -155,7 +319,7 @@ class ArtifactStore:
             entries = self.fs.ls(self._path(stage), detail=False)
         except FileNotFoundError:
             return []
-        manifests = [self.manifest(stage, Path(e).name) for e in entries]
+        manifests = [self.manifest(stage, Path(e).name) for e in entries if not Path(e).name.startswith(".")]
         return sorted((m for m in manifests if m), key=lambda m: m["created_at"])
 
     def stages(self) -> list[str]:
@@ -167,6 +331,18 @@ class ArtifactStore:
             Path(e["name"]).name for e in entries
             if e["type"] == "directory" and not Path(e["name"]).name.startswith(".")
         )
+
+
+def _data_prefix(folder: Path) -> str | None:
+    return json.loads((folder / MANIFEST).read_text()).get(DATA_PREFIX)
+
+
+def _read_only(folder: Path) -> None:
+    """Files 0o444, folders 0o755: a reader that tries to write into an artifact fails loudly, and a
+    shared store is readable by others (mkdtemp made the folder private)."""
+    for path in folder.rglob("*"):
+        path.chmod(0o444 if path.is_file() else 0o755)
+    folder.chmod(0o755)
 
 
 def content_hash(folder: Path) -> str:

@@ -153,6 +153,14 @@ def embed_images(
     return np.concatenate(rows).astype(np.float32, copy=False)
 
 
+def whole_batches(items: list[str], batch_size: int, count: int) -> list[list[str]]:
+    """`items` in at most `count` chunks of whole `embed_images` batches, in order, so a chunk
+    embedded anywhere meets the same batches, and gives the same numbers, as all of them here."""
+    batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    per_chunk = -(-len(batches) // max(1, count)) if batches else 1
+    return [[x for b in batches[i:i + per_chunk] for x in b] for i in range(0, len(batches), per_chunk)]
+
+
 def _load_pixels(preprocess: Callable, path: Path) -> torch.Tensor:
     with Image.open(path) as image:
         return preprocess(image)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -111,6 +113,46 @@ def fetch_images(
         if done % every == 0 or done == total:
             log(f"images: {done}/{total} fetched ({failed} failed)")
     return records
+
+
+def host_batches(urls: Iterable[str], count: int) -> list[list[str]]:
+    """The distinct URLs in at most `count` batches to fetch side by side, never a host split.
+
+    Politeness (the per-host interval, robots.txt, Retry-After) lives in one HTTP session, so each
+    host's URLs stay in one batch, in their order; hosts go to the emptiest batch, most URLs first,
+    so the batches come out even where the hosts allow it. The same URLs give the same batches.
+    """
+    by_host: dict[str, list[str]] = {}
+    for url in dict.fromkeys(urls):
+        by_host.setdefault((urlsplit(url).hostname or "").lower(), []).append(url)
+    batches: list[list[str]] = [[] for _ in range(max(1, min(count, len(by_host))))]
+    for host_urls in sorted(by_host.values(), key=len, reverse=True):  # stable: ties keep first appearance
+        min(batches, key=len).extend(host_urls)
+    return [b for b in batches if b]
+
+
+def fetch_detached(
+    urls: list[str], get_bytes: Callable[[str], bytes], *, max_bytes: int, max_pixels: int,
+    log: Callable[[str], None] = print,
+) -> list[tuple[ImageRecord, bytes | None]]:
+    """`fetch_images` for a batch fetched somewhere else (a Dask worker): each record with its bytes,
+    to be kept by `keep_fetched` where the artifact is built."""
+    with tempfile.TemporaryDirectory(prefix="images-batch-") as folder:
+        records = fetch_images(urls, Path(folder), get_bytes, max_bytes=max_bytes, max_pixels=max_pixels, log=log)
+        return [(r, (Path(folder) / r.file).read_bytes() if r.file else None) for r in records]
+
+
+def keep_fetched(batches: list[list[tuple[ImageRecord, bytes | None]]], urls: Iterable[str],
+                 out_dir: Path) -> list[ImageRecord]:
+    """The batches' images stored under ``out_dir/blobs``; one record per distinct URL in the order
+    of `urls`, as `fetch_images` gives, so the artifact does not depend on how it was fetched."""
+    (out_dir / "blobs").mkdir(parents=True, exist_ok=True)
+    by_url = {}
+    for record, data in (pair for batch in batches for pair in batch):
+        if record.file is not None and data is not None:
+            _store_once(out_dir / record.file, data)
+        by_url[record.url] = record
+    return [by_url[url] for url in dict.fromkeys(urls)]
 
 
 def retry_transient(

@@ -6,14 +6,18 @@ Its version covers the architecture files the CLIP module registers with open_cl
 
 from __future__ import annotations
 
+import logging
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 from prefect import get_run_logger, task
 
 from loretune.config import FeaturesConfig
 from loretune.fingerprint import stage_code_version
 from loretune.multimodal import clip, images
 from loretune.store import ArtifactRef
+from loretune.tasks.fanout import fan_out, width
 from loretune.tasks.stage import StageCache, publish_stage
 
 
@@ -34,9 +38,24 @@ def extract_features(store: str, domain: str, images_ref: ArtifactRef, params: F
     def build(out: Path) -> dict:
         encoder = clip.load_clip(params.clip_model, params.pretrained, seed=params.seed, log=logger.info)
         shas = sorted(unique)
-        vectors = clip.embed_images(encoder, [unique[s] for s in shas], batch_size=params.batch_size, log=logger.info)
+        chunks = clip.whole_batches(shas, params.batch_size, width())
+        if len(chunks) < 2:
+            vectors = clip.embed_images(encoder, [unique[s] for s in shas], batch_size=params.batch_size,
+                                        log=logger.info)
+        else:  # on Dask: whole CLIP batches per worker, so every image is embedded in the same batch as here
+            logger.info("features: %s images in %s chunks across the Dask cluster", len(shas), len(chunks))
+            vectors = np.concatenate(fan_out(partial(_embed, images_ref=images_ref, params=params),
+                                             [[unique[s].relative_to(folder).as_posix() for s in c] for c in chunks]))
         clip.write_features(shas, encoder.model_id, vectors, out / "features.parquet")
         return {"images": len(shas), "embed_dim": encoder.embed_dim, "model_id": encoder.model_id,
                 "random_weights": encoder.random_weights}
 
     return publish_stage(FEATURES, build)
+
+
+def _embed(files: list[str], images_ref: ArtifactRef, params: FeaturesConfig) -> np.ndarray:
+    """One chunk of images embedded wherever Dask runs it, with the same seeded (or loaded) CLIP."""
+    log = logging.getLogger(__name__).info  # a Dask task has no Prefect run logger
+    encoder = clip.load_clip(params.clip_model, params.pretrained, seed=params.seed, log=log)
+    folder = images_ref.local_path()
+    return clip.embed_images(encoder, [folder / f for f in files], batch_size=params.batch_size, log=log)

@@ -18,6 +18,8 @@ nothing changed does no work.
 
 from __future__ import annotations
 
+import logging
+from functools import partial
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -28,6 +30,7 @@ from loretune.ingest import http
 from loretune.ingest.documents import read_documents
 from loretune.multimodal import images
 from loretune.store import ArtifactRef
+from loretune.tasks.fanout import fan_out, width
 from loretune.tasks.stage import NothingNew, StageCache, publish_stage
 
 # The http settings that change which images the artifact can hold (see the module docstring).
@@ -46,20 +49,28 @@ def fetch_images(store: str, domain: str, documents: ArtifactRef, params: Images
     if params.max_images is not None:
         urls = urls[: params.max_images]
 
-    def summary(records: list[images.ImageRecord], session: http.PoliteSession) -> dict:
+    def summary(records: list[images.ImageRecord], requests: int) -> dict:
         failed = [r for r in records if r.error]
         for record in failed:
             logger.warning(record.error + (" (transient: tried again next run)" if record.transient else ""))
         return {"urls": len(records), "images": len({r.sha256 for r in records if r.sha256}),
                 "failed": len(failed), "transient_failures": sum(r.transient for r in failed),
-                "requests": session.requests_made}
+                "requests": requests}
 
     def build(out: Path) -> dict:
-        session = http.PoliteSession(**http_cfg.model_dump())
-        records = images.fetch_images(urls, out, session.get_bytes, max_bytes=params.max_bytes,
-                                      max_pixels=params.max_pixels, log=logger.info)
+        batches = images.host_batches(urls, width())
+        if len(batches) < 2:  # the thread runner, or one host: fetch in place
+            session = http.PoliteSession(**http_cfg.model_dump())
+            records = images.fetch_images(urls, out, session.get_bytes, max_bytes=params.max_bytes,
+                                          max_pixels=params.max_pixels, log=logger.info)
+            requests = session.requests_made
+        else:  # on Dask: each host's URLs on one worker, with a session of its own
+            logger.info("images: %s URLs in %s batches by host, across the Dask cluster", len(urls), len(batches))
+            fetched = fan_out(partial(_fetch_batch, http_settings=http_cfg.model_dump(), params=params), batches)
+            records = images.keep_fetched([pairs for pairs, _ in fetched], urls, out)
+            requests = sum(n for _, n in fetched)
         images.write_index(records, out / "images.parquet")
-        return summary(records, session)
+        return summary(records, requests)
 
     def retry(out: Path, previous: ArtifactRef) -> dict:
         folder = previous.local_path()
@@ -70,6 +81,14 @@ def fetch_images(store: str, domain: str, documents: ArtifactRef, params: Images
         if not settled:
             raise NothingNew("every image that failed transiently failed transiently again; tried again next run")
         images.write_index(records, out / "images.parquet")
-        return {**summary(records, session), "settled": settled}
+        return {**summary(records, session.requests_made), "settled": settled}
 
     return publish_stage(IMAGES, build, retry=retry)
+
+
+def _fetch_batch(urls: list[str], http_settings: dict, params: ImagesConfig) -> tuple[list, int]:
+    """One host batch, fetched wherever Dask runs it: (records with their bytes, requests made)."""
+    session = http.PoliteSession(**http_settings)
+    pairs = images.fetch_detached(urls, session.get_bytes, max_bytes=params.max_bytes, max_pixels=params.max_pixels,
+                                  log=logging.getLogger(__name__).info)  # a Dask task has no Prefect run logger
+    return pairs, session.requests_made

@@ -26,6 +26,7 @@ from loretune.config import HttpConfig, SourcesConfig, state_dir
 from loretune.fingerprint import canonical, digest, stage_code_version
 from loretune.ingest import documents, sources
 from loretune.store import ArtifactRef, ArtifactStore
+from loretune.tasks.fanout import fan_out
 from loretune.tasks.stage import announce, run_provenance
 
 STAGE = "documents"
@@ -40,7 +41,7 @@ def ingest_documents(store: str, domain: str, sources_cfg: SourcesConfig, http_c
                "reddit": partial(sources.RUNNERS["reddit"], env=_reddit_env(sources_cfg.reddit.credentials_block))}
     docs, reports = sources.collect(sources.settings(sources_cfg.model_dump()), http_cfg.model_dump(), log=logger.info,
                                     previous=lambda: _latest(artifacts, domain),
-                                    runners=runners, cache_dir=state_dir() / "http-cache")
+                                    runners=runners, cache_dir=state_dir() / "http-cache", fan_out=fan_out)
     summaries = {name: {k: v for k, v in dataclasses.asdict(r).items() if k not in ("stats", "state", "scope")}
                  for name, r in reports.items()}
     create_table_artifact(key=f"{domain}-sources", table=[{"source": n, **row} for n, row in summaries.items()],
