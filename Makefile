@@ -6,12 +6,16 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STATE  := .loretune
+# The Prefect server's database for `make demo`: sqlite, or postgres (a PostgreSQL cluster in
+# $(STATE)/postgres, on 127.0.0.1, port LORETUNE_POSTGRES_PORT or 5433). `make stop` stops either.
+DB     ?= sqlite
 
 .PHONY: demo test chat stop status
 
-## demo: start the local stack (Prefect server, sample sources, worker) and run finetune/naruto
+## demo: start the local stack (Prefect server, sample sources, worker) and run finetune/naruto;
+##       DB=postgres runs the Prefect server on PostgreSQL instead of SQLite
 demo: $(STATE)/installed
-	$(PY) -m loretune.stack demo
+	$(PY) -m loretune.stack demo --database $(DB)
 
 ## test: run every test, the slow deployment test included
 test: $(STATE)/installed-test
@@ -21,7 +25,7 @@ test: $(STATE)/installed-test
 chat: $(STATE)/installed
 	$(PY) -m loretune chat
 
-## stop: stop what `make demo` started
+## stop: stop what `make demo` started (PostgreSQL too, when it ran)
 stop:
 	$(PY) -m loretune.stack down
 
@@ -108,11 +112,14 @@ $(STATE)/installed: pyproject.toml $(VENV)/pyvenv.cfg $(LLAMA_SDIST)
 	@touch $@
 
 # The test extra installs everything the plain install does, so it satisfies both stamps.
-# The chat UI's browser test drives Debian's chromium; its voice test speaks with espeak-ng.
-DEBIAN_TEST_PACKAGES := chromium chromium-driver espeak-ng
+# The chat UI's browser test drives Debian's chromium; its voice test speaks with espeak-ng; the
+# deployment test runs the stack once on PostgreSQL, whose server programs Debian keeps off PATH
+# (in /usr/lib/postgresql/<version>/bin; the package also makes the `postgres` user they run as).
+DEBIAN_TEST_PACKAGES := chromium chromium-driver espeak-ng postgresql
 
 $(STATE)/installed-test: pyproject.toml $(VENV)/pyvenv.cfg $(LLAMA_SDIST)
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v espeak-ng >/dev/null \
+	    && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && id -u postgres >/dev/null 2>&1 \
 	    || { apt-get update -qq && apt-get install -y -qq $(DEBIAN_TEST_PACKAGES); }
 	$(call install_project,test,.[test])
 	@touch $@ $(STATE)/installed

@@ -5,6 +5,10 @@
     python -m loretune.stack down     stop what `up` started
     python -m loretune.stack demo     `up`, then run finetune/naruto and report on it
 
+`up` and `demo` take --database sqlite|postgres (or $LORETUNE_DATABASE): the Prefect server's
+database. SQLite is the default; postgres runs a PostgreSQL cluster under the state folder
+(loretune/postgres.py) and points the server at it through asyncpg. `down` stops it too.
+
 This is Python rather than Makefile shell because the stack has to be safe to start twice (a
 healthy server is reused, never duplicated), has to stop exactly what it started (pid files,
 whole process groups) and is driven, on its own ports and state folder, by the slow deployment
@@ -12,8 +16,9 @@ test. Prefect is driven through its CLI, as a user would drive it, so that is th
 covers; its REST API is only read, to see whether things are up and how a run ended.
 
 Everything lives in the state folder ($LORETUNE_HOME, default <project>/.loretune): prefect/
-(PREFECT_HOME, the SQLite DB), store/, logs/ and run/ (pid files). Ports come from
-LORETUNE_PREFECT_PORT and LORETUNE_SAMPLES_PORT (defaults 4200 and 8765).
+(PREFECT_HOME, the SQLite DB), postgres/ (the PostgreSQL cluster, when used), store/, logs/ and
+run/ (pid files, and which database the server was started on). Ports come from
+LORETUNE_PREFECT_PORT, LORETUNE_SAMPLES_PORT and LORETUNE_POSTGRES_PORT (defaults 4200, 8765, 5433).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from pathlib import Path
 
 import yaml
 
+from loretune import postgres
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PREFECT_FILE = PROJECT_DIR / "deployments" / "prefect.yaml"
 HOST = "127.0.0.1"
@@ -42,6 +49,7 @@ DEMO_DEPLOYMENT = "finetune/naruto"
 # The tag training tasks carry (tasks/training.GPU_TAG) and how many may hold the GPU at once.
 GPU_TAG = "gpu"
 GPU_SLOTS = 1
+DATABASES = ("sqlite", "postgres")
 # The CLI of the Python running this module, so the stack never picks up another install's prefect.
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
@@ -54,9 +62,12 @@ class StackError(RuntimeError):
 
 
 class Stack:
-    """Where this stack's state lives and which ports it uses, read from the environment."""
+    """Where this stack's state lives and which ports it uses, read from the environment.
 
-    def __init__(self) -> None:
+    `database` is the Prefect server's: "sqlite" or "postgres"; None means $LORETUNE_DATABASE,
+    else the one our running server was started on, else SQLite."""
+
+    def __init__(self, database: str | None = None) -> None:
         home = os.environ.get("LORETUNE_HOME")
         self.home = Path(home).resolve() if home else PROJECT_DIR / ".loretune"
         self.prefect_port = int(os.environ.get("LORETUNE_PREFECT_PORT", "4200"))
@@ -66,6 +77,10 @@ class Stack:
         self.samples_url = f"http://{HOST}:{self.samples_port}"
         self.logs = self.home / "logs"
         self.run_dir = self.home / "run"
+        self.cluster = postgres.Cluster(self.home, self.log("postgres"))
+        self.database = database or os.environ.get("LORETUNE_DATABASE") or self.server_database() or "sqlite"
+        if self.database not in DATABASES:
+            raise StackError(f"unknown database {self.database!r}: choose one of {', '.join(DATABASES)}")
 
     def env(self) -> dict[str, str]:
         """The environment every process of the stack gets, flow runs included (via the worker)."""
@@ -80,6 +95,7 @@ class Stack:
             LORETUNE_PROJECT_DIR=str(PROJECT_DIR),
             LORETUNE_PREFECT_PORT=str(self.prefect_port),
             LORETUNE_SAMPLES_PORT=str(self.samples_port),
+            LORETUNE_POSTGRES_PORT=str(self.cluster.port),
             PYTHONUNBUFFERED="1",  # so logs/*.log are current while a process runs
             # The worker asks the server for scheduled runs every 10 s by default, so a run started
             # by `make demo` or the UI waited 5 s on average before it began; a local server answers
@@ -104,7 +120,30 @@ class Stack:
         self.pid_file(name).unlink(missing_ok=True)  # stale: the process is gone
         return None
 
-    def spawn(self, name: str, cmd: list[str]) -> int:
+    def server_env(self) -> dict[str, str]:
+        """The Prefect server's environment: the stack's, plus the PostgreSQL URL when it uses
+        PostgreSQL. The URL holds the cluster's password, so only the server gets it."""
+        env = self.env()
+        if self.database == "postgres":
+            env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)  # the old name of the same setting
+            env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = self.cluster.url()
+        return env
+
+    def server_database(self) -> str | None:
+        """The database our running Prefect server was started on (None when none of ours runs).
+        Stacks started before the choice existed ran on SQLite and left no record."""
+        if self.running_pid("server") is None:
+            return None
+        try:
+            return self.database_record.read_text().strip() or "sqlite"
+        except FileNotFoundError:
+            return "sqlite"
+
+    @property
+    def database_record(self) -> Path:
+        return self.run_dir / "server.database"
+
+    def spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> int:
         """Start `cmd` detached: its own session (so Ctrl-C in the terminal and the end of
         `make demo` leave it running, and `down` can kill its whole process group), output to
         logs/<name>.log, pid to run/<name>.pid."""
@@ -114,7 +153,7 @@ class Stack:
             proc = subprocess.Popen(
                 cmd,
                 cwd=PROJECT_DIR,
-                env=self.env(),
+                env=env or self.env(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -159,13 +198,14 @@ class Stack:
 
     # --- the steps of `up` -----------------------------------------------------------------
 
-    def start_server(self, name: str, label: str, cmd: list[str], healthy, timeout: float) -> None:
+    def start_server(self, name: str, label: str, cmd: list[str], healthy, timeout: float,
+                     env: dict[str, str] | None = None) -> None:
         """Reuse a healthy server on the port (or ours, still starting), else start one."""
         if healthy():
             owner = "ours" if self.running_pid(name) else "not started by loretune; `down` leaves it"
             print(f"{label}: reusing the one already up ({owner})")
             return
-        pid = self.running_pid(name) or self.spawn(name, cmd)
+        pid = self.running_pid(name) or self.spawn(name, cmd, env)
         took = self.wait_until(name, label, healthy, timeout)
         print(f"{label}: started (pid {pid}), healthy after {took:.1f}s; log {self.log(name)}")
 
@@ -224,13 +264,34 @@ class Stack:
 
     # --- subcommands -----------------------------------------------------------------------
 
+    def start_postgres(self) -> None:
+        start = time.monotonic()
+        try:
+            did = self.cluster.ensure()
+        except postgres.PostgresError as exc:
+            raise StackError(str(exc)) from None
+        took = f", ready after {time.monotonic() - start:.1f}s" if "started" in did else ""
+        print(f"PostgreSQL {self.cluster.address}: {did}{took}; log {self.cluster.log}")
+
     def up(self, prefect_file: Path = PREFECT_FILE) -> None:
+        running_on = self.server_database()
+        if running_on and running_on != self.database:
+            raise StackError(
+                f"our Prefect server at {self.ui_url} runs on {running_on}, not {self.database}: "
+                f"stop the stack first (`make stop`), or ask for {running_on} (make demo DB={running_on})"
+            )
+        if self.database == "postgres":
+            self.start_postgres()
+        if self.running_pid("server") is None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.database_record.write_text(self.database + "\n")
         self.start_server(
             "server",
             f"Prefect server {self.ui_url}",
             [PREFECT, "server", "start", "--host", HOST, "--port", str(self.prefect_port)],
             self.prefect_healthy,
-            timeout=180,  # the first start migrates a new SQLite DB; slow on a small machine
+            timeout=180,  # the first start migrates a new database; slow on a small machine
+            env=self.server_env(),
         )
         self.start_server(
             "samples",
@@ -245,17 +306,24 @@ class Stack:
         self.start_worker()
 
     def status(self) -> bool:
-        """Print what is up; True when all three are."""
+        """Print what is up; True when all of it is (PostgreSQL too, when the server uses it)."""
         worker = self.running_pid("worker")
         rows = [
             ("Prefect server", self.ui_url, self.prefect_healthy(), self.running_pid("server")),
             ("sample sources", self.samples_url, self.samples_up(), self.running_pid("samples")),
             ("worker", f"pool {POOL}", worker is not None, worker),
         ]
+        database = self.server_database()
+        cluster_up = self.cluster.running()
+        if database == "postgres" or cluster_up:
+            rows.insert(1, ("PostgreSQL", self.cluster.address, cluster_up, self.cluster.pid() if cluster_up else None))
         for label, where, up, pid in rows:
             state = "up" if up else "down"
             owner = f"pid {pid}" if pid else ("not started by loretune" if up else "")
             print(f"{label:15} {state:5} {where:28} {owner}")
+        if database:  # what our server was started on
+            where = f"{self.cluster.address}/{postgres.DATABASE}" if database == "postgres" else self.home / "prefect"
+            print(f"database        {database:5} {where}")
         print(f"state folder    {self.home}")
         return all(up for _, _, up, _ in rows)
 
@@ -269,6 +337,14 @@ class Stack:
             _kill_group(pid)
             self.pid_file(name).unlink(missing_ok=True)
             print(f"{label}: stopped (process group {pid})")
+        self.database_record.unlink(missing_ok=True)
+        # Whatever database the server had: a running cluster under this state folder is ours.
+        try:
+            stopped = self.cluster.stop()
+        except postgres.PostgresError as exc:
+            raise StackError(str(exc)) from None
+        if stopped:
+            print(f"PostgreSQL {self.cluster.address}: stopped ({self.cluster.data})")
 
     def demo(self, run_args: list[str], prefect_file: Path = PREFECT_FILE) -> int:
         """`up`, run the demo deployment and watch it, then say where to look. 0 if it completed."""
@@ -385,14 +461,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("command", choices=["up", "down", "status", "demo"])
     parser.add_argument(
+        "--database", choices=DATABASES, default=None,
+        help="the Prefect server's database, for up and demo (default: $LORETUNE_DATABASE, else the "
+        "one the running server uses, else sqlite); postgres runs a PostgreSQL cluster in the state folder",
+    )
+    parser.add_argument(
         "--prefect-file", type=Path, default=PREFECT_FILE,
         help="deployment definitions to register (default: deployments/prefect.yaml)",
     )
     args, run_args = parser.parse_known_args(argv)
     if run_args and args.command != "demo":
         parser.error(f"unrecognized arguments: {' '.join(run_args)}")
-    stack = Stack()
     try:
+        stack = Stack(args.database)
         if args.command == "up":
             stack.up(args.prefect_file)
         elif args.command == "down":

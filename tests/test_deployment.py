@@ -2,7 +2,8 @@
 
 The fast tests read the YAML and the flow sources without importing them (importing a flow pulls
 in torch); the slow test drives what `make demo` does, for real, in a throwaway state folder on
-free ports, so it never touches a developer's running stack.
+free ports, so it never touches a developer's running stack, once on each database the Prefect
+server can use (SQLite, the default, and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -11,16 +12,19 @@ import ast
 import json
 import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from loretune import stack
+from loretune import postgres, stack
 from recipes import QUICK_OPEN, TINY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,32 +140,74 @@ def run_stack(env: dict, *args: str, timeout: float) -> subprocess.CompletedProc
     )
 
 
+def postgres_installed() -> bool:
+    try:
+        postgres.find_bin_dir()
+    except postgres.PostgresError:
+        return False
+    return True
+
+
+@pytest.fixture(params=[
+    "sqlite",
+    pytest.param("postgres", marks=pytest.mark.skipif(
+        not postgres_installed(), reason="needs Debian's postgresql (make test installs it)")),
+])
+def database(request) -> str:
+    """The Prefect server's database."""
+    return request.param
+
+
 @pytest.fixture
-def stack_env(tmp_path):
-    """An isolated stack: its own state folder (so its own Prefect DB and store) and free ports.
-    Whatever the test started is stopped afterwards, however the test ended."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+def stack_env(database, tmp_path):
+    """An isolated stack: its own state folder (so its own Prefect DB and store) and free ports,
+    on the database the test is parametrised with (LORETUNE_DATABASE is not set: the test says
+    --database, as `make demo DB=...` does). Whatever the test started is stopped afterwards,
+    however the test ended."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "LORETUNE_DATABASE"))}
+    home = tmp_path / "home"
+    if database == "postgres":
+        # PostgreSQL runs as a non-root user, who cannot enter pytest's tmp folders (0700 root).
+        home = Path(tempfile.mkdtemp(prefix="loretune-pg-stack-"))
+        home.chmod(0o711)
     env.update(
-        LORETUNE_HOME=str(tmp_path / "home"),
+        LORETUNE_HOME=str(home),
         LORETUNE_PREFECT_PORT=str(free_port()),
         LORETUNE_SAMPLES_PORT=str(free_port()),
+        LORETUNE_POSTGRES_PORT=str(free_port()),
     )
     try:
         yield env
     finally:
         down = run_stack(env, "down", timeout=120)
         print(down.stdout, down.stderr)
+        if database == "postgres":
+            postmaster = home / "postgres" / "data" / "postmaster.pid"
+            if postmaster.exists():  # `down` failed to stop it: a fast shutdown, by signal
+                try:
+                    os.kill(int(postmaster.read_text().split()[0]), signal.SIGINT)
+                except (ProcessLookupError, ValueError):
+                    pass
+            shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.mark.slow
-def test_demo_runs_finetune_through_the_deployment(stack_env):
+def test_demo_runs_finetune_through_the_deployment(stack_env, database):
     flow_name("flows/finetune.py:finetune")  # skips, with the reason, while the flow is missing
     home = Path(stack_env["LORETUNE_HOME"])
 
-    demo = run_stack(stack_env, "demo", "-p", f"overrides={json.dumps(SHORT_RUN)}", timeout=1500)
+    demo = run_stack(stack_env, "demo", "--database", database,
+                     "-p", f"overrides={json.dumps(SHORT_RUN)}", timeout=1500)
     output = demo.stdout + demo.stderr
     assert demo.returncode == 0, output[-8000:]
     assert "failed: exit" not in output, output[-8000:]  # the evaluation table was printed
+    if database == "postgres":
+        assert re.search(r"PostgreSQL 127\.0\.0\.1:\d+: initialised and started", output), output[:3000]
+        # The server's connection URL holds the cluster's password: nothing shows it.
+        password = (home / "postgres" / "password").read_text().strip()
+        assert password not in output
+        for log in (home / "logs").glob("*.log"):
+            assert password not in log.read_text(errors="replace"), log
 
     # The run really completed, as the server records it, and it went through the worker.
     flow_run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", output).group(1)
@@ -193,13 +239,21 @@ def test_demo_runs_finetune_through_the_deployment(stack_env):
     assert [a["trigger"]["expect"] for a in automations if a["enabled"]] == [["loretune.dataset.published"]], automations
     assert automations[0]["actions"][0]["type"] == "run-deployment"
 
-    # Starting again reuses all three instead of starting second copies.
+    # The server runs on the database asked for, and says so.
+    status = run_stack(stack_env, "status", timeout=60)
+    assert status.returncode == 0, status.stdout
+    assert re.search(rf"^database +{database} ", status.stdout, re.M), status.stdout
+
+    # Starting again, with no --database, reuses all three (and PostgreSQL) on the server's database
+    # instead of starting second copies.
     again = run_stack(stack_env, "up", timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count("reusing") == 3, again.stdout
+    assert again.stdout.count("reusing") == (4 if database == "postgres" else 3), again.stdout
     assert f"concurrency limit {stack.GPU_TAG!r}: exists" in again.stdout, again.stdout
 
     down = run_stack(stack_env, "down", timeout=120)
     assert down.stdout.count("stopped (process group") == 3, down.stdout
+    assert ("PostgreSQL" in down.stdout) == (database == "postgres"), down.stdout
     status = run_stack(stack_env, "status", timeout=60)
     assert status.returncode == 3, status.stdout
+    assert "PostgreSQL" not in status.stdout, status.stdout
