@@ -9,7 +9,6 @@ with the error; the others still run. One table (binary and open sets, with the 
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from prefect.artifacts import create_table_artifact
 
 from loretune.evaluation import compare as bases_table
 from loretune.evaluation import sweep as grids
-from loretune.flows.finetune import finetune
+from loretune.flows.points import run_points
 from loretune.flows.stages import resolve_config
 from loretune.store import ArtifactStore
 from loretune.tasks.stage import announce_png
@@ -37,27 +36,20 @@ def compare(config: str = "deployments/naruto.yaml", bases: list[str] | None = N
     logger = get_run_logger()
     decoding = cfg.evaluation.promote.decoding
     rows, open_rows, runs = [], [], []
-    for point in points:
+    named = [(f"{cfg.domain} compare: {bases_table.label(p)}", {**(overrides or {}), **p}) for p in points]
+    logger.info("compare: %s on the %s runner", ", ".join(bases_table.label(p) for p in points), cfg.runtime.task_runner)
+    for point, outcome in zip(points, run_points(cfg.runtime, config, sample_sources, named)):
         name = bases_table.label(point)
-        logger.info("compare: %s", name)
-        started = time.monotonic()
-        try:
-            point_cfg = resolve_config(config, {**(overrides or {}), **point}, sample_sources)
-            state = finetune.with_options(flow_run_name=f"{cfg.domain} compare: {name}")(
-                config=config, overrides={**(overrides or {}), **point}, sample_sources=sample_sources,
-                return_state=True)
-            if state.is_failed() or state.is_crashed():
-                raise RuntimeError(state.message or f"finetune ended {state.name}")
-            result = state.result()
-        except Exception as exc:  # this base's failure is its row, not the comparison's end
-            logger.warning("compare: %s could not be compared: %s", name, exc)
-            rows.append(bases_table.error_row(point, f"{type(exc).__name__}: {exc}", time.monotonic() - started))
-            runs.append({"base": name, "error": str(exc)})
+        if outcome.error is not None:
+            logger.warning("compare: %s could not be compared: %s", name, outcome.error)
+            rows.append(bases_table.error_row(point, outcome.error, outcome.seconds))
+            runs.append({"base": name, "error": outcome.error})
             continue
-        store = ArtifactStore(point_cfg.store_uri())
+        result = outcome.result
+        store = ArtifactStore(result["store"])
         cost = bases_table.training_cost(store.local_path("checkpoints", result["stages"]["checkpoints"]["version"]),
                                          store.local_path("model", result["stages"]["model"]["version"]))
-        binary, spoken = bases_table.rows_for(point, result, cost, time.monotonic() - started, decoding)
+        binary, spoken = bases_table.rows_for(point, result, cost, outcome.seconds, decoding)
         rows += binary
         open_rows += spoken
         runs.append({"base": name, "stages": result["stages"], "promoted": result["promotion"]["promoted"]})

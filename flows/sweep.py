@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from loretune.evaluation import sweep as grids
-from loretune.flows.finetune import finetune
+from loretune.flows.points import run_points
 from loretune.flows.stages import resolve_config
 from loretune.tasks.stage import announce_png
 
@@ -32,11 +32,13 @@ def sweep(config: str = "deployments/naruto.yaml", grid: dict[str, list[Any]] | 
         resolve_config(config, {**(overrides or {}), **point}, sample_sources)
     logger = get_run_logger()
     rows, open_rows, runs = [], [], []
-    for point in points:
-        logger.info("sweep: %s", grids.label(point))
-        state = finetune.with_options(flow_run_name=f"{cfg.domain} sweep: {grids.label(point)}")(
-            config=config, overrides={**(overrides or {}), **point}, sample_sources=sample_sources, return_state=True)
-        result = state.result()
+    logger.info("sweep: %s points on the %s runner: %s", len(points), cfg.runtime.task_runner,
+                "; ".join(grids.label(p) for p in points))
+    named = [(f"{cfg.domain} sweep: {grids.label(p)}", {**(overrides or {}), **p}) for p in points]
+    for point, outcome in zip(points, run_points(cfg.runtime, config, sample_sources, named)):
+        if outcome.error is not None:
+            raise RuntimeError(f"sweep point {grids.label(point)}: {outcome.error}")
+        result = outcome.result
         runs.append({"point": point, "stages": result["stages"], "promoted": result["promotion"]["promoted"]})
         rows += grids.comparison_rows(point, result)
         open_rows += grids.open_comparison_rows(point, result, cfg.evaluation.promote.decoding)

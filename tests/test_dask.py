@@ -16,6 +16,7 @@ from loretune.ingest.sources import host_groups
 from loretune.multimodal.clip import whole_batches
 from loretune.multimodal.images import host_batches
 from loretune.store import ArtifactStore
+from recipes import QUICK_OPEN, TINY
 
 
 def test_sources_that_share_a_server_are_one_group_and_keep_their_order():
@@ -93,3 +94,23 @@ def test_refresh_on_dask_publishes_what_threads_publish_and_keeps_each_hosts_int
     assert len(polite) > 40
     gaps = [(b["at"] - a["at"], a["path"], b["path"]) for a, b in zip(polite, polite[1:])]
     assert min(gaps)[0] >= 0.9 * INTERVAL_S, sorted(gaps)[:3]  # 0.9: the log stamps a reply, not its request
+
+
+@pytest.mark.slow
+def test_sweep_points_train_side_by_side_on_dask(prefect_server, samples, tmp_path):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    from loretune.flows.sweep import sweep
+
+    short = {**TINY, **QUICK_OPEN, "training.max_steps": 4, "training.save_steps": 2, "export.enabled": False,
+             "store": str(tmp_path / "store"), "runtime.task_runner": "dask", "runtime.dask_workers": 2}
+    result = sweep(grid={"training.lora.r": [4, 8]}, overrides=short, sample_sources=samples.base_url)
+
+    assert [run["point"] for run in result["runs"]] == [{"training.lora.r": 4}, {"training.lora.r": 8}]
+    assert result["runs"][0]["stages"]["dataset"] == result["runs"][1]["stages"]["dataset"]  # one dataset
+    assert result["runs"][0]["stages"]["checkpoints"]["version"] != result["runs"][1]["stages"]["checkpoints"]["version"]
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=" sweep: ")))
+    spans = sorted((r.start_time, r.end_time) for r in runs)
+    assert len(spans) == 2 and spans[1][0] < spans[0][1], spans  # the second point started before the first ended
