@@ -21,6 +21,7 @@ from loretune.flows.runners import task_runner
 from loretune.model.base_models import describe_source
 from loretune.samples.server import sample_overrides
 from loretune.store import ArtifactRef
+from loretune.tasks.credentials import load_store_credentials
 from loretune.tasks.dataset import build_dataset
 from loretune.tasks.features import extract_features
 from loretune.tasks.images import fetch_images
@@ -31,10 +32,14 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def resolve_config(config: str, overrides: dict[str, Any] | None, sample_sources: str | None) -> LoretuneConfig:
-    """The domain config with the sample sources (if asked for) and then the caller's overrides on top."""
+    """The domain config with the sample sources (if asked for) and then the caller's overrides on top;
+    the store's credentials from their Secret block, where the config names one and the environment
+    has none (tasks/credentials.py)."""
     path = _config_path(config)
     merged = {**(sample_overrides(sample_sources.rstrip("/")) if sample_sources else {}), **(overrides or {})}
-    return load_config(path, merged)
+    cfg = load_config(path, merged)
+    load_store_credentials(cfg.store_credentials_block)
+    return cfg
 
 
 def with_runner(overrides: dict[str, Any] | None, task_runner: str | None) -> dict[str, Any] | None:

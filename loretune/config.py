@@ -401,6 +401,9 @@ class RuntimeConfig(Section):
 class LoretuneConfig(Section):
     domain: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     store: str | None = None
+    # A Prefect Secret block holding {aws_access_key_id, aws_secret_access_key, endpoint_url?} for an
+    # s3:// store, read when the environment has no AWS_ACCESS_KEY_ID (tasks/credentials.py).
+    store_credentials_block: str | None = None
     runtime: RuntimeConfig = RuntimeConfig()
     http: HttpConfig = HttpConfig()
     sources: SourcesConfig = SourcesConfig()

@@ -10,6 +10,7 @@ Prefect result or a log. The slow test runs the tiny-model finetune end to end b
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -391,3 +392,30 @@ def test_finetune_on_s3_then_every_cached_stage_is_cached_on_a_second_machine(
     assert SECRET.encode() not in everything_under(s3_root)
     logs = flow_run_logs(run_1) + flow_run_logs(run_2)
     assert "published" in logs and SECRET not in logs
+
+
+def test_the_stores_credentials_can_come_from_a_prefect_secret_block(prefect_server, s3_root, monkeypatch, caplog):
+    """Where the environment holds no key, the config's Secret block fills it, and nothing echoes it."""
+    import s3fs
+    from prefect.blocks.system import Secret
+
+    from loretune.tasks.credentials import StoreCredentialsError, load_store_credentials
+
+    Secret(value={"aws_access_key_id": "from-block", "aws_secret_access_key": SECRET}).save("lt-s3", overwrite=True)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    assert load_store_credentials(None) == []  # no block named: the environment (or a profile) as it is
+    assert sorted(load_store_credentials("lt-s3")) == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] == SECRET
+    s3fs.S3FileSystem.clear_instance_cache()
+    manifest = ArtifactStore(s3_root).publish("echo", "v1", writer({"a.txt": "hello"}), manifest_fields={})
+    assert manifest["counts"]["files"] == 1
+    assert load_store_credentials("lt-s3") == []  # the environment's key wins from now on
+
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    Secret(value={"aws_access_key_id": "x", "aws_secret_access_key": SECRET, "colour": "red"}).save("lt-bad", overwrite=True)
+    for block, says in (("lt-bad", "unknown keys colour"), ("lt-missing", "could not be loaded")):
+        with pytest.raises(StoreCredentialsError, match=says) as caught:
+            load_store_credentials(block)
+        assert SECRET not in str(caught.value) and block in str(caught.value)
+    assert SECRET not in caplog.text
