@@ -343,9 +343,10 @@ def read_set(path: Path, allow_empty: bool = False) -> list[dict[str, Any]]:
 
 def read_items(path: Path, what: str = "evaluation set") -> list[Any]:
     """A set file's items, unvalidated: a JSON list, or JSON Lines. A missing or unreadable file
-    or invalid JSON is one error naming the file (and the line)."""
+    or invalid JSON is one error naming the file (and the line). A byte-order mark, which some
+    editors put at the start of a UTF-8 file, is not part of the text."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise EvalSetError(f"{path}: {what} file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -354,21 +355,34 @@ def read_items(path: Path, what: str = "evaluation set") -> list[Any]:
 
 
 def parse_items(path: Path, text: str) -> list[Any]:
+    """JSON Lines are split at line ends ("\n", "\r\n", "\r") only: `str.splitlines` would also
+    split at U+2028, U+0085 and the like, which `json.dumps(..., ensure_ascii=False)` (`write_set`)
+    leaves raw inside strings, where a raw "\n" or "\r" cannot be.
+    Besides syntax, `json` refuses an integer of over 4300 digits (ValueError) and nesting deeper
+    than the recursion limit (RecursionError): invalid JSON here too."""
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise EvalSetError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        except (ValueError, RecursionError) as exc:
+            raise EvalSetError(f"{path}: not valid JSON ({_json_refusal(exc)})") from None
         return data
     items = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1):
         if line.strip():
             try:
                 items.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise EvalSetError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+            except (ValueError, RecursionError) as exc:
+                raise EvalSetError(f"{path}: line {number} is not valid JSON ({_json_refusal(exc)})") from None
     return items
+
+
+def _json_refusal(exc: Exception) -> str:
+    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
 
 
 def _validate(path: Path, number: int, item: Any) -> dict[str, Any]:

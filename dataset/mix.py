@@ -13,14 +13,24 @@ is a new dataset while a moved one is not.
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from loretune.hashing import file_sha256
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
          "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system"}
 READERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# pyarrow's JSON reader, which `datasets` reads JSON with, recurses once per level of nesting and
+# crashes the whole process (a segmentation fault, nothing to catch) somewhere below 20,000 levels.
+# Chat rows nest four or five deep, and past about 1,000 `datasets`' own fallback readers (ujson,
+# Python's json) refuse a file anyway: a deeper file is refused before it reaches pyarrow.
+MAX_JSON_DEPTH = 1000
+JSON_STRING = re.compile(rb'"[^"\\\n]*(?:\\.[^"\\\n]*)*"')
+SCAN_CHUNK_BYTES = 8 * 1024 * 1024
 
 
 class MixError(ValueError):
@@ -73,18 +83,56 @@ def take(conversations: list[Any], n: int, seed: int) -> list[Any]:
 def _read(source: dict[str, Any], split: str) -> list[dict[str, Any]]:
     from datasets import load_dataset
 
+    if source["kind"] == "file" and READERS[Path(source["path"]).suffix] == "json":
+        depth = json_depth(Path(source["path"]))
+        if depth > MAX_JSON_DEPTH:
+            raise MixError(f"dataset.mix {source['path']!r}: cannot be read (JSON nested {depth} levels deep, "
+                           f"over the {MAX_JSON_DEPTH} a chat file could need)")
+    import datasets
+
+    # A local file needs nothing from the hub, but `datasets` would still report a download count
+    # for its builder to huggingface.co, which offline stalls a read by seconds (seen in the fuzz test).
+    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
     try:
         if source["kind"] == "file":
             reader = READERS[Path(source["path"]).suffix]
             data = load_dataset(reader, data_files=source["path"], split="train", keep_in_memory=True)
         else:
             data = load_dataset(source["path"], split=split)
+        # Inside the `try`: pyarrow's JSON reader keeps a string's invalid UTF-8 unchecked, and only
+        # turning the rows into Python strings finds it (UnicodeDecodeError).
+        return data.to_list()
     except MixError:
         raise
-    except Exception as exc:  # unreadable JSON, no hub, unknown id: one message naming the source
+    except Exception as exc:  # unreadable JSON, invalid UTF-8, no hub, unknown id: one message naming the source
         raise MixError(f"dataset.mix {source['path']!r}: cannot be read ({type(exc).__name__}: "
                        f"{str(exc).splitlines()[0][:300] if str(exc) else ''})") from None
-    return data.to_list()
+
+
+def json_depth(path: Path) -> int:
+    """How deep a JSON or JSON Lines file's arrays and objects nest, brackets inside strings not
+    counted; it stops counting once past MAX_JSON_DEPTH. The file is read in chunks cut at line
+    ends (a JSON string cannot hold a raw line break, so no string spans two); an unclosed quote,
+    invalid JSON anyway, only makes the depth look larger."""
+    depth = deepest = 0
+    pending: list[bytes] = []
+    with open(path, "rb") as stream:
+        while deepest <= MAX_JSON_DEPTH:
+            block = stream.read(SCAN_CHUNK_BYTES)
+            cut = block.rfind(b"\n") + 1
+            if block and not cut:
+                pending.append(block)
+                continue
+            text = JSON_STRING.sub(b"", b"".join(pending) + block[:cut] if block else b"".join(pending))
+            pending = [block[cut:]]
+            for start in range(0, len(text), SCAN_CHUNK_BYTES):
+                codes = np.frombuffer(text, np.uint8, count=min(SCAN_CHUNK_BYTES, len(text) - start), offset=start)
+                depths = np.cumsum(np.isin(codes, (0x5B, 0x7B)).astype(np.int32) - np.isin(codes, (0x5D, 0x7D))) + depth
+                if depths.size:
+                    deepest, depth = max(deepest, int(depths.max())), int(depths[-1])
+            if not block:
+                break
+    return deepest
 
 
 def _sharegpt(row: dict[str, Any]) -> list[dict[str, str]]:

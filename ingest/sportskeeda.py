@@ -317,10 +317,10 @@ def parse_article(page: bytes | str, url: str) -> Article:
     image = _first_image(data.get("image")) or _meta(soup, "og:image", "twitter:image")
     blocks = article_blocks(soup)
     return Article(
-        title=_clean(html.unescape(str(data.get("headline") or ""))) or _fallback_title(soup),
+        title=_clean(html.unescape(_json_text(data.get("headline")))) or _fallback_title(soup),
         author=_author_names(data.get("author")) or _fallback_author(soup),
-        published=str(data.get("datePublished") or "") or _fallback_published(soup),
-        image=urljoin(url, image) if image else None,
+        published=_json_text(data.get("datePublished")) or _fallback_published(soup),
+        image=_absolute(url, image) if image else None,
         text=_paragraphs(block.text for block in blocks),
         sections=article_sections(blocks),
         marked_up=bool(data) or any(soup.select_one(selector) for selector in BODY_CONTAINERS),
@@ -331,15 +331,17 @@ def json_ld_article(soup: BeautifulSoup) -> dict[str, Any] | None:
     """The first Article-typed JSON-LD object, wherever the page put it (top level, a list, @graph).
 
     A broken JSON-LD block is skipped, not fatal: pages often carry several and one is often wrong.
+    Broken includes what `json` refuses other than by syntax: an integer of over 4300 digits
+    (ValueError) and nesting deeper than the interpreter's recursion limit (RecursionError).
     """
     for script in soup.find_all("script", type="application/ld+json"):
         try:
             data = json.loads(script.string or "", strict=False)  # strict=False: raw newlines in strings
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
             continue
         for node in _json_ld_nodes(data):
             types = node.get("@type")
-            if set(types if isinstance(types, list) else [types]) & ARTICLE_TYPES:
+            if any(isinstance(t, str) and t in ARTICLE_TYPES for t in (types if isinstance(types, list) else [types])):
                 return node
     return None
 
@@ -358,19 +360,37 @@ def article_blocks(soup: BeautifulSoup) -> list[Block]:
     nested in another one (so a list item holding a <p> counts once) and drops "Also read:" lines.
     The text and the sections are both built from this one list, so they can never disagree about
     what the article says. Removing the noise changes `soup`.
+
+    Both steps are one walk down the tree that does not enter what it took (a noise element, an
+    outer block), so a deeply nested page costs time in proportion to its size: checking each
+    element for a noise or block ancestor instead was quadratic (20,000 nested <div>s: minutes).
     """
     body = _body_container(soup)
-    for element in list(body.find_all(True)):
-        if not element.decomposed and _is_noise(element):
-            element.decompose()
+    for element in _outermost(body, _is_noise):
+        element.decompose()
     blocks = []
-    for block in body.find_all(BLOCKS):
-        if _inside_another_block(block, body):
-            continue
+    for block in _outermost(body, lambda element: element.name in BLOCKS):
         text = _clean(block.get_text())
         if text and not ALSO_READ.match(text):
             blocks.append(Block(block.name, text))
     return blocks
+
+
+def _outermost(root: Tag, wanted: Callable[[Tag], bool]) -> list[Tag]:
+    """The tags below `root` that are `wanted` and have no `wanted` ancestor below `root`, in page
+    order (a walk with its own stack: no recursion limit on how deep a page nests)."""
+    found: list[Tag] = []
+    stack = [iter(root.contents)]
+    while stack:
+        child = next(stack[-1], None)
+        if child is None:
+            stack.pop()
+        elif isinstance(child, Tag):
+            if wanted(child):
+                found.append(child)
+            else:
+                stack.append(iter(child.contents))
+    return found
 
 
 def article_text(soup: BeautifulSoup) -> str:
@@ -428,29 +448,54 @@ def _document(url: str, article: Article, license: str) -> Document:
 
 
 def _json_ld_nodes(data: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(data, list):
-        for item in data:
-            yield from _json_ld_nodes(item)
-    elif isinstance(data, dict):
-        yield data
-        yield from _json_ld_nodes(data.get("@graph", []))
+    """Every object of a JSON-LD value in document order: lists and `@graph`s opened, however
+    deep (with a stack of our own: JSON nests as deep as the recursion limit allows)."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, dict):
+            yield item
+            stack.append(item.get("@graph", []))
+
+
+def _json_text(value: Any) -> str:
+    """A JSON-LD text property (headline, date) as text; a number as written; anything else, none."""
+    if isinstance(value, bool) or value is None:
+        return ""
+    return value if isinstance(value, str) else str(value) if isinstance(value, (int, float)) else ""
 
 
 def _first_image(value: Any) -> str | None:
-    """schema.org allows an image as a URL, an ImageObject, or a list of either."""
-    if isinstance(value, list):
-        return next((url for url in map(_first_image, value) if url), None)
-    if isinstance(value, dict):
-        return value.get("url") or value.get("contentUrl")
-    return value if isinstance(value, str) and value else None
+    """schema.org allows an image as a URL, an ImageObject, or a list of either; only a non-empty
+    string is a URL (a nested list, a number, an object as `url` are not)."""
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, dict):
+            item = next((v for v in (item.get("url"), item.get("contentUrl")) if isinstance(v, str) and v), None)
+        if isinstance(item, str) and item:
+            return item
+    return None
+
+
+def _absolute(base: str, link: str) -> str | None:
+    """`link` resolved against the page's URL; None for one no URL parser accepts ("http://[")."""
+    try:
+        return urljoin(base, link)
+    except ValueError:
+        return None
 
 
 def _author_names(value: Any) -> str:
     """schema.org allows an author as a name, a Person/Organization, or a list of them."""
     if isinstance(value, list):
-        return ", ".join(name for name in map(_author_names, value) if name)
+        return ", ".join(name for name in map(_author_name, value) if name)
+    return _author_name(value)
+
+
+def _author_name(value: Any) -> str:
     if isinstance(value, dict):
-        return _clean(str(value.get("name") or ""))
+        value = value.get("name")
     return _clean(value) if isinstance(value, str) else ""
 
 
@@ -488,11 +533,6 @@ def _body_container(soup: BeautifulSoup) -> Tag:
         if found is not None:
             return found
     return soup.body or soup
-
-
-def _inside_another_block(block: Tag, body: Tag) -> bool:
-    outer = block.find_parent(BLOCKS)
-    return outer is not None and body in outer.parents
 
 
 def _is_noise(element: Tag) -> bool:
