@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from types import UnionType
+from typing import Any, Literal, Mapping, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
@@ -22,6 +23,23 @@ class ConfigError(ValueError):
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: Any) -> Any:
+        """`true` where a number belongs is a slip, not a 1: pydantic's lax mode would take
+        `training.max_steps: true` as one step and the run would go ahead with it."""
+        if isinstance(value, bool) and info.field_name in cls.model_fields \
+                and _numeric_only(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, not a boolean")
+        return value
+
+
+def _numeric_only(annotation: Any) -> bool:
+    """True for int / float (optionally `| None`): a field that takes numbers and never a bool."""
+    options = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    options = tuple(o for o in options if o is not type(None))
+    return bool(options) and all(o in (int, float) for o in options)
 
 
 class HttpConfig(Section):

@@ -10,10 +10,12 @@ database. SQLite is the default; postgres runs a PostgreSQL cluster under the st
 (loretune/postgres.py) and points the server at it through asyncpg. `down` stops it too.
 
 This is Python rather than Makefile shell because the stack has to be safe to start twice (a
-healthy server is reused, never duplicated), has to stop exactly what it started (pid files,
-whole process groups) and is driven, on its own ports and state folder, by the slow deployment
-test. Prefect is driven through its CLI, as a user would drive it, so that is the path the test
-covers; its REST API is only read, to see whether things are up and how a run ended.
+healthy server is reused, never duplicated; a Prefect server on the port that is another state
+folder's, or that fails real requests, is refused, saying what to do), has to stop exactly what
+it started (pid files, whole process groups) and is driven, on its own ports and state folder,
+by the slow deployment test. Prefect is driven through its CLI, as a user would drive it, so that
+is the path the test covers; its REST API is only read, to see whether things are up (and the
+server ours) and how a run ended.
 
 Everything lives in the state folder ($LORETUNE_HOME, default <project>/.loretune): prefect/
 (PREFECT_HOME, the SQLite DB), postgres/ (the PostgreSQL cluster, when used), store/, logs/ and
@@ -198,11 +200,39 @@ class Stack:
 
     # --- the steps of `up` -----------------------------------------------------------------
 
+    def prefect_problem(self) -> str | None:
+        """Why the Prefect server answering /api/health on our port must not be reused, or None.
+
+        /api/health alone says too little: a server left running by a deleted clone of the project
+        answered it, yet gave HTTP 500 on everything else, so the worker died and the demo's run
+        stayed Late. So: a real request must work, and the server must be this stack's (its
+        PREFECT_HOME is our state folder's), whoever started it."""
+        status, _ = _request(f"{self.api_url}/flow_runs/filter", {"limit": 1})
+        if status != 200:
+            return (f"the Prefect server at {self.ui_url} answers /api/health but fails a real request "
+                    f"(POST /api/flow_runs/filter: {f'HTTP {status}' if status else 'no answer'})")
+        ours = self.home / "prefect"
+        status, settings = _request(f"{self.api_url}/admin/settings")
+        home = settings.get("home") if status == 200 and isinstance(settings, dict) else None
+        if not home or Path(home).resolve() != ours.resolve():
+            return (f"the Prefect server at {self.ui_url} is not this stack's: its PREFECT_HOME is "
+                    f"{home or 'unknown'}, this stack's is {ours}")
+        return None
+
     def start_server(self, name: str, label: str, cmd: list[str], healthy, timeout: float,
-                     env: dict[str, str] | None = None) -> None:
-        """Reuse a healthy server on the port (or ours, still starting), else start one."""
+                     env: dict[str, str] | None = None, vet=None) -> None:
+        """Reuse a healthy server on the port (or ours, still starting), else start one. `vet`
+        says why a healthy one must not be reused (None: it may), and then `up` stops there."""
         if healthy():
-            owner = "ours" if self.running_pid(name) else "not started by loretune; `down` leaves it"
+            pid = self.running_pid(name)
+            problem = vet() if vet else None
+            if problem:
+                port = self.ui_url.rsplit(":", 1)[1]
+                fix = (f"stop it (`python -m loretune.stack down` stops ours, pid {pid}) and run `up` again"
+                       if pid else f"stop whatever listens on port {port} (a stack of another clone: "
+                       f"`make stop` there), or give this stack a free port: LORETUNE_PREFECT_PORT=<port>")
+                raise StackError(f"{label}: not reusing it: {problem}.\n  {fix}")
+            owner = "ours" if pid else "not started by loretune; `down` leaves it"
             print(f"{label}: reusing the one already up ({owner})")
             return
         pid = self.running_pid(name) or self.spawn(name, cmd, env)
@@ -292,6 +322,7 @@ class Stack:
             self.prefect_healthy,
             timeout=180,  # the first start migrates a new database; slow on a small machine
             env=self.server_env(),
+            vet=self.prefect_problem,
         )
         self.start_server(
             "samples",
@@ -401,6 +432,24 @@ def _get(url: str, any_status: bool = False):
         return json.loads(body)
     except ValueError:
         return True
+
+
+def _request(url: str, payload: dict | None = None) -> tuple[int | None, object]:
+    """GET (or POST `payload` as JSON) url: the HTTP status (None when nothing answers) and the
+    decoded JSON body (None when it is not JSON)."""
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with _http.open(request, timeout=10) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+    except (OSError, ValueError):
+        return None, None
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, None
 
 
 def _post(url: str, payload: dict):
