@@ -16,8 +16,10 @@ downstream needs to know, and a lost cache only costs full downloads.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
+import socket
 import threading
 import time
 from pathlib import Path
@@ -29,6 +31,9 @@ from cachecontrol import CacheControlAdapter
 from cachecontrol.caches import FileCache
 from protego import Protego
 from requests.adapters import HTTPAdapter
+from requests.utils import select_proxy
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family
 from urllib3.util.retry import Retry
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -39,6 +44,10 @@ TRANSIENT_STATUSES = frozenset({408, 425, 429})
 SECRET_PARAM = re.compile(r"token|secret|key|pass(word|wd)?|signature|credential|auth(?!or)", re.IGNORECASE)
 HTML_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 CHUNK_BYTES = 64 * 1024
+# Cloud instance metadata services: AWS/GCP/Azure/OpenStack, AWS over IPv6, AWS ECS tasks, Alibaba.
+METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
+    "169.254.169.254", "fd00:ec2::254", "169.254.170.2", "100.100.100.200"))
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 class SourceError(RuntimeError):
@@ -54,6 +63,14 @@ class SourceError(RuntimeError):
         self.reason = reason
         self.transient = transient
         super().__init__(f"{self.url}: {reason}")
+
+
+class AddressRefused(SourceError):
+    """A host that resolves to an address we never fetch from on content's say-so (see the module
+    docstring). Final: the same URL will be refused next time too."""
+
+    def __init__(self, url: str, reason: str):
+        super().__init__(url, reason, transient=False)
 
 
 class SourceSkipped(Exception):
@@ -79,12 +96,17 @@ class PoliteSession:
         max_redirects: int = 5,
         allowed_hosts: Iterable[str] = (),
         cache_dir: str | Path | None = None,
+        configured_hosts: Iterable[str] = (),
     ):
+        """`configured_hosts`: the hosts in the config's own source URLs. They and `allowed_hosts`
+        may resolve to any address (the sample sources server is on loopback); every other host must
+        resolve to public addresses only."""
         self.user_agent = user_agent
         self.min_interval_s = min_interval_s
         self.respect_robots = respect_robots
         self.max_redirects = max_redirects
         self.allowed_hosts = {h.lower() for h in allowed_hosts}
+        self.configured_hosts = {_host_key(h) for h in (*self.allowed_hosts, *configured_hosts)}
         self._robots: dict[str, Protego | None] = {}
         self._last_request: dict[str, float] = {}
         self._host_lock = threading.Lock()
@@ -103,8 +125,9 @@ class PoliteSession:
         )
         retry.counters = self._counters
         adapter = (_CachingAdapter(cache=FileCache(str(cache_dir)), max_retries=retry) if cache_dir
-                   else _CountingAdapter(max_retries=retry))
+                   else _PinnedAdapter(max_retries=retry))
         adapter.counters = self._counters
+        adapter.configured_hosts = self.configured_hosts
         self._session = requests.Session()
         self._session.headers["User-Agent"] = user_agent
         self._session.mount("http://", adapter)
@@ -178,7 +201,7 @@ class PoliteSession:
         except requests.RequestException as exc:
             raise SourceError(url, _describe(exc, url)) from None
         if self.respect_robots:  # fetched once per origin: on the wire, but not one of this GET's attempts
-            self._robots_for(f"{parts.scheme}://{parts.netloc}")
+            self._robots_for(f"{parts.scheme}://{parts.netloc}", full_url)
         before = self.requests_made
         while True:
             try:
@@ -227,7 +250,7 @@ class PoliteSession:
         """robots.txt first, then wait out the host's minimum interval."""
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}"
-        robots = self._robots_for(origin) if self.respect_robots else None
+        robots = self._robots_for(origin, url) if self.respect_robots else None
         if robots is not None and not robots.can_fetch(url, self.user_agent):
             raise SourceError(url, f"disallowed by {origin}/robots.txt for {self.user_agent!r}")
         delay = max(self.min_interval_s, (robots.crawl_delay(self.user_agent) or 0) if robots else 0)
@@ -237,14 +260,18 @@ class PoliteSession:
         if wait > 0:
             time.sleep(wait)
 
-    def _robots_for(self, origin: str) -> Protego | None:
+    def _robots_for(self, origin: str, for_url: str) -> Protego | None:
         """The origin's rules, fetched once. No file (4xx): everything allowed. A server error:
-        everything disallowed for now, as RFC 9309 asks."""
+        everything disallowed for now, as RFC 9309 asks. A refused address is reported for
+        `for_url`, the URL the caller wanted, not for robots.txt."""
         if origin not in self._robots:
             url = f"{origin}/robots.txt"
             try:
+                # requests follows a robots.txt redirect itself; each hop still goes through the adapter's check
                 response = self._session.get(url, timeout=self.timeout, stream=True)
                 body = self._read_body(url, response)
+            except AddressRefused as exc:
+                raise AddressRefused(for_url, exc.reason) from None
             except requests.RequestException as exc:
                 raise SourceError(url, f"robots.txt unreachable ({_describe(exc, url)}); not crawling",
                                   transient=_is_transient(exc)) from None
@@ -281,6 +308,58 @@ def safe_url(url: str) -> str:
     netloc = parts.netloc.rpartition("@")[2]
     query = "[query redacted]" if _has_secret(parts.query) else parts.query
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def address_class(address: str) -> str | None:
+    """Why an address is never fetched from for content ("loopback", "cloud metadata", ...), or
+    None for a public one. IPv4 inside IPv6 (mapped, NAT64, 6to4) is judged as the IPv4 address."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone ("fe80::1%eth0") is no part of it
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour or (
+            ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in NAT64 else None)
+        if embedded is not None:
+            ip = embedded
+    if ip in METADATA_ADDRESSES:
+        return "cloud metadata"
+    for name in ("loopback", "link_local", "unspecified", "multicast", "reserved", "private"):
+        if getattr(ip, f"is_{name}"):
+            return name.replace("_", "-")
+    return None if ip.is_global else "non-public"
+
+
+def checked_addresses(url: str, configured_hosts: Iterable[str] = ()) -> list[str]:
+    """The addresses `url`'s host resolves to, looked up once; `AddressRefused` if any is not public
+    and the host is not one of `configured_hosts`. A name that does not resolve is a
+    `requests.ConnectionError` (transient, as urllib3 would have reported it)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        infos = socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
+    except (OSError, UnicodeError, ValueError) as exc:
+        raise requests.exceptions.ConnectionError(f"cannot resolve {host!r}: {exc}") from None
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise requests.exceptions.ConnectionError(f"cannot resolve {host!r}: no addresses")
+    if _host_key(host) in {_host_key(h) for h in configured_hosts}:
+        return addresses
+    for address in addresses:
+        why = address_class(address)
+        if why:
+            raise AddressRefused(url, f"refused: {host} resolves to {address}, a {why} address, and is not "
+                                      "a host the config names (a source's URL or http.allowed_hosts)")
+    return addresses
+
+
+def _host_key(host: str) -> str:
+    return host.strip("[]").rstrip(".").lower()
+
+
+def _not_connected(exc: requests.ConnectionError) -> bool:
+    """Whether no connection was made at all (so another address may be tried)."""
+    reason = exc.args[0].reason if exc.args and isinstance(exc.args[0], MaxRetryError) else None
+    return isinstance(exc, requests.exceptions.ConnectTimeout) or isinstance(
+        reason, (NewConnectionError, ConnectTimeoutError))
 
 
 def _has_secret(query: str) -> bool:
@@ -322,9 +401,55 @@ class _CountingAdapter(HTTPAdapter):
         return super().send(request, *args, **kwargs)
 
 
-class _CachingAdapter(CacheControlAdapter, _CountingAdapter):
-    """CacheControl's adapter over the counting one: a response served from the cache never reaches
-    `_CountingAdapter.send`, so `requests_made` still counts only what went on the wire."""
+class _PinnedAdapter(_CountingAdapter):
+    """Resolves each request's host once, checks every address, and connects to a checked one.
+
+    requests and urllib3 would resolve the name again when they connect, and a DNS server that
+    answers differently the second time (DNS rebinding) could then send a checked URL to
+    169.254.169.254. So the connection pool is made for the address itself: the URL, the Host
+    header, TLS SNI and certificate verification keep the host name (`server_hostname`), only
+    the TCP connection goes to the address. urllib3's retries reuse that pool, so they go to the
+    same address. Where a host has several addresses (IPv6 and IPv4), the next checked one is tried
+    only if the connection could not be made at all.
+
+    Through an environment proxy (HTTP(S)_PROXY) the proxy connects, and resolves, for us: the
+    address is still checked, but the pinning is then the proxy's business.
+    """
+
+    configured_hosts: set[str]
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        parts = urlsplit(request.url or "")
+        addresses = checked_addresses(request.url or "", self.configured_hosts)
+        pinned = request.copy()
+        pinned.headers["Host"] = parts.netloc.rpartition("@")[2]
+        for i, address in enumerate(addresses):
+            pinned.pinned_address = address  # type: ignore[attr-defined]  # read by the method below
+            try:
+                return super().send(pinned, *args, **kwargs)
+            except requests.ConnectionError as exc:
+                if i + 1 == len(addresses) or not _not_connected(exc):
+                    raise
+        raise AssertionError("unreachable: checked_addresses returns at least one address")
+
+    def get_connection_with_tls_context(self, request: requests.PreparedRequest, verify: Any,
+                                        proxies: Mapping[str, str] | None = None, cert: Any = None) -> Any:
+        address = getattr(request, "pinned_address", None)
+        if address is None or select_proxy(request.url, proxies):
+            return super().get_connection_with_tls_context(request, verify, proxies=proxies, cert=cert)
+        try:
+            host_params, pool_kwargs = self.build_connection_pool_key_attributes(request, verify, cert)
+        except ValueError as exc:
+            raise requests.exceptions.InvalidURL(exc, request=request) from None
+        if host_params["scheme"] == "https":  # SNI and the certificate check are for the name
+            pool_kwargs = {**pool_kwargs, "server_hostname": host_params["host"]}
+        return self.poolmanager.connection_from_host(**{**host_params, "host": address}, pool_kwargs=pool_kwargs)
+
+
+class _CachingAdapter(CacheControlAdapter, _PinnedAdapter):
+    """CacheControl's adapter over the pinned, counting one: a response served from the cache never
+    reaches `_PinnedAdapter.send`, so nothing is resolved for it and `requests_made` still counts
+    only what went on the wire; a revalidation (If-None-Match) is checked like any request."""
 
 
 class _CountingRetry(Retry):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
+from loretune.failpoints import failpoint
 from loretune.ingest import fandom, reddit, sportskeeda, youtube
 from loretune.ingest.documents import Document
 from loretune.ingest.http import PoliteSession, SourceSkipped
@@ -232,14 +233,19 @@ def collect(sources: Mapping[str, Any], http: Mapping[str, Any], log: Log = prin
                                       carried_from=stored.version if refusal is None else None,
                                       not_carried=refusal, cached=cached, state=state, scope=scope)
         requests, received, cached = used()
+        failpoint("ingest:between-sources")
         return docs, SourceReport("ok", len(docs), max(requests, stats.get("requests", 0)),  # praw counts its own
                                   received, cached=cached, stats=stats, state=new_state, scope=scope)
+
+    # Every host the config names may be on a private address (the sample server is on loopback);
+    # a host that only fetched content names must be public (see ingest/http.py).
+    configured = sorted(set().union(*(hosts(scope) for scope in scoped.values())))
 
     def run_group(names: list[str]) -> list[tuple[str, tuple[list[Document], SourceReport]]]:
         """Sources that share a server, one after another, through one session: its per-host
         interval, robots.txt and Retry-After then hold across them. Each source's report counts
         only its own requests."""
-        session = PoliteSession(**http, cache_dir=cache_dir)
+        session = PoliteSession(**http, cache_dir=cache_dir, configured_hosts=configured)
         return [(name, run_one(name, session)) for name in names]
 
     done = dict(pair for group in fan_out(run_group, host_groups(scoped)) for pair in group)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,9 +25,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from loretune.failpoints import failpoint
+
 # Format name as Pillow reports it -> file extension. Anything else is refused: these are the formats
 # every consumer (CLIP preprocessing, the chat UI, browsers) can read.
 ALLOWED_FORMATS: dict[str, str] = {"PNG": "png", "JPEG": "jpg", "GIF": "gif", "WEBP": "webp"}
+
+# The only file names an index may hold: content-addressed, never anything taken from a URL.
+BLOB_FILE = re.compile(r"blobs/[0-9a-f]{64}\.(?:%s)" % "|".join(ALLOWED_FORMATS.values()))
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -110,6 +116,7 @@ def fetch_images(
             failed += 1
             log(record.error)
         records.append(record)
+        failpoint("images:between-fetches")
         if done % every == 0 or done == total:
             log(f"images: {done}/{total} fetched ({failed} failed)")
     return records
@@ -139,7 +146,7 @@ def fetch_detached(
     to be kept by `keep_fetched` where the artifact is built."""
     with tempfile.TemporaryDirectory(prefix="images-batch-") as folder:
         records = fetch_images(urls, Path(folder), get_bytes, max_bytes=max_bytes, max_pixels=max_pixels, log=log)
-        return [(r, (Path(folder) / r.file).read_bytes() if r.file else None) for r in records]
+        return [(r, blob_path(Path(folder), r.file).read_bytes() if r.file else None) for r in records]
 
 
 def keep_fetched(batches: list[list[tuple[ImageRecord, bytes | None]]], urls: Iterable[str],
@@ -150,7 +157,7 @@ def keep_fetched(batches: list[list[tuple[ImageRecord, bytes | None]]], urls: It
     by_url = {}
     for record, data in (pair for batch in batches for pair in batch):
         if record.file is not None and data is not None:
-            _store_once(out_dir / record.file, data)
+            _store_once(blob_path(out_dir, record.file), data)
         by_url[record.url] = record
     return [by_url[url] for url in dict.fromkeys(urls)]
 
@@ -183,8 +190,20 @@ def retry_transient(
     (out_dir / "blobs").mkdir(parents=True, exist_ok=True)
     for record in previous:
         if record.url not in again and record.file is not None:
-            _store_once(out_dir / record.file, (previous_dir / record.file).read_bytes())
+            _store_once(blob_path(out_dir, record.file), blob_path(previous_dir, record.file).read_bytes())
     return [again.get(r.url, r) for r in previous], settled
+
+
+def blob_path(folder: Path, file: str) -> Path:
+    """`folder / file` for a record's `file`, which must be a blob name of ours (`blobs/<sha256>.<ext>`)
+    inside `folder`: an index or a batch that says `../../etc/x`, an absolute path or a NUL is refused
+    rather than read or written. Names are never taken from URLs, but an index is data read back."""
+    if not isinstance(file, str) or not BLOB_FILE.fullmatch(file):
+        raise ValueError(f"not an image blob name: {file!r}")
+    path = folder / file
+    if not path.resolve().is_relative_to(folder.resolve()):  # a symlinked blobs/ pointing elsewhere
+        raise ValueError(f"image blob {file!r} is outside {folder}")
+    return path
 
 
 def _fetch_one(

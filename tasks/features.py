@@ -33,7 +33,7 @@ FEATURES = StageCache(stage="features", code=features_code())
 def extract_features(store: str, domain: str, images_ref: ArtifactRef, params: FeaturesConfig) -> ArtifactRef:
     logger = get_run_logger()
     folder = images_ref.local_path()
-    unique = {r.sha256: folder / r.file for r in images.read_index(folder / "images.parquet") if r.sha256}
+    unique = {r.sha256: images.blob_path(folder, r.file) for r in images.read_index(folder / "images.parquet") if r.sha256}
 
     def build(out: Path) -> dict:
         encoder = clip.load_clip(params.clip_model, params.pretrained, seed=params.seed, log=logger.info)

@@ -26,7 +26,7 @@ from prefect import get_run_logger, task
 
 from loretune.config import HttpConfig, ImagesConfig
 from loretune.fingerprint import stage_code_version
-from loretune.ingest import http
+from loretune.ingest import http, sources
 from loretune.ingest.documents import read_documents
 from loretune.multimodal import images
 from loretune.store import ArtifactRef
@@ -57,16 +57,19 @@ def fetch_images(store: str, domain: str, documents: ArtifactRef, params: Images
                 "failed": len(failed), "transient_failures": sum(r.transient for r in failed),
                 "requests": requests}
 
+    trusted = configured_hosts(documents)
+
     def build(out: Path) -> dict:
         batches = images.host_batches(urls, width())
         if len(batches) < 2:  # the thread runner, or one host: fetch in place
-            session = http.PoliteSession(**http_cfg.model_dump())
+            session = http.PoliteSession(**http_cfg.model_dump(), configured_hosts=trusted)
             records = images.fetch_images(urls, out, session.get_bytes, max_bytes=params.max_bytes,
                                           max_pixels=params.max_pixels, log=logger.info)
             requests = session.requests_made
         else:  # on Dask: each host's URLs on one worker, with a session of its own
             logger.info("images: %s URLs in %s batches by host, across the Dask cluster", len(urls), len(batches))
-            fetched = fan_out(partial(_fetch_batch, http_settings=http_cfg.model_dump(), params=params), batches)
+            fetched = fan_out(partial(_fetch_batch, http_settings=http_cfg.model_dump(), params=params,
+                                      configured_hosts=trusted), batches)
             records = images.keep_fetched([pairs for pairs, _ in fetched], urls, out)
             requests = sum(n for _, n in fetched)
         images.write_index(records, out / "images.parquet")
@@ -74,7 +77,7 @@ def fetch_images(store: str, domain: str, documents: ArtifactRef, params: Images
 
     def retry(out: Path, previous: ArtifactRef) -> dict:
         folder = previous.local_path()
-        session = http.PoliteSession(**http_cfg.model_dump())
+        session = http.PoliteSession(**http_cfg.model_dump(), configured_hosts=trusted)
         records, settled = images.retry_transient(images.read_index(folder / "images.parquet"), folder, out,
                                                   session.get_bytes, max_bytes=params.max_bytes,
                                                   max_pixels=params.max_pixels, log=logger.info)
@@ -86,9 +89,20 @@ def fetch_images(store: str, domain: str, documents: ArtifactRef, params: Images
     return publish_stage(IMAGES, build, retry=retry)
 
 
-def _fetch_batch(urls: list[str], http_settings: dict, params: ImagesConfig) -> tuple[list, int]:
+def configured_hosts(documents: ArtifactRef) -> list[str]:
+    """The hosts of the sources' configured URLs these documents came from (the manifest records each
+    source's scope): an image there may be on a private address, as the sample server's are. Any
+    other image host must resolve to public addresses (ingest/http.py). The manifest is part of the
+    documents version, which the images version already depends on."""
+    reports = (documents.manifest() or {}).get("sources") or {}
+    return sorted(set().union(*(sources.hosts(report.get("scope") or {}) for report in reports.values()
+                                if isinstance(report, dict))))
+
+
+def _fetch_batch(urls: list[str], http_settings: dict, params: ImagesConfig,
+                 configured_hosts: list[str] = ()) -> tuple[list, int]:
     """One host batch, fetched wherever Dask runs it: (records with their bytes, requests made)."""
-    session = http.PoliteSession(**http_settings)
+    session = http.PoliteSession(**http_settings, configured_hosts=configured_hosts)
     pairs = images.fetch_detached(urls, session.get_bytes, max_bytes=params.max_bytes, max_pixels=params.max_pixels,
                                   log=logging.getLogger(__name__).info)  # a Dask task has no Prefect run logger
     return pairs, session.requests_made

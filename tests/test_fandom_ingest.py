@@ -23,6 +23,7 @@ def session(**overrides: object) -> PoliteSession:
         # robots.txt has its own tests (test_polite_session.py); here it would add one request
         # to every exact count below.
         respect_robots=False,
+        configured_hosts=["127.0.0.1"],  # the sample server is a configured host
     )
     return PoliteSession(**{**settings, **overrides})
 

@@ -130,9 +130,13 @@ def documents_version(store: Path, urls: list[str]) -> str:
     """A documents artifact whose one page shows `urls`, as ingest would have published it."""
     doc = Document(source="fandom", id="1", url="http://wiki/1", title="Page", text="text", image_urls=urls)
     version = digest({"urls": urls})
+    # The wiki's configured URL is on the first image's server, as the sample server's is: a host the
+    # config names, so its loopback address is fetched from (ingest/http.py).
+    scope = {"api_url": urls[0].rsplit("/", 1)[0] + "/api.php"} if urls else {}
     ArtifactStore(store).publish("documents", version,
                                  lambda out: {"documents": write_documents([doc], out / "documents.parquet")},
-                                 manifest_fields={"inputs": {}, "parameters": {}, "code_version": "test"})
+                                 manifest_fields={"inputs": {}, "parameters": {}, "code_version": "test",
+                                                  "sources": {"fandom": {"status": "ok", "scope": scope}}})
     return version
 
 
@@ -225,3 +229,22 @@ def test_changing_max_response_bytes_changes_the_version_and_refetches(images_st
     assert manifest["counts"]["failed"] == 2 and manifest["counts"]["transient_failures"] == 0
     assert manifest["parameters"]["http_cfg"] == {"max_response_bytes": 10, "allowed_hosts": [],
                                                   "respect_robots": True, "max_redirects": 5}
+
+
+def test_an_image_on_an_unconfigured_private_address_is_a_final_failure_and_the_rest_are_kept(images_stage, site,
+                                                                                               tmp_path):
+    """Only 127.0.0.1 is configured (the wiki's URL): `localhost`, the same machine under another
+    name, is what a hostile page would link to, and is refused for good; nothing is asked of it."""
+    store = tmp_path / "store"
+    port = site.base.rsplit(":", 1)[1]
+    smuggled = f"http://localhost:{port}/b.png"
+    documents = documents_version(store, [f"{site.base}/a.png", smuggled])
+    first = images_stage(str(store), documents)
+    assert first["state"] == "Completed"
+    manifest = ArtifactStore(store).manifest("images", first["version"])
+    assert manifest["counts"]["images"] == 1 and manifest["counts"]["failed"] == 1
+    assert manifest["counts"]["transient_failures"] == 0, "refused for good: not tried again next run"
+    records = {r.url: r for r in read_index(store / "images" / first["version"] / "images.parquet")}
+    assert "loopback address" in records[smuggled].error and records[smuggled].transient is False
+    assert site.image_requests() == ["/a.png"]
+    assert images_stage(str(store), documents) == {"version": first["version"], "state": "Cached"}

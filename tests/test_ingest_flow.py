@@ -197,3 +197,64 @@ def test_a_missing_secret_block_fails_reddit_alone_and_names_the_block(ingest, m
     rows = {row["source"]: row for row in latest_table("naruto-sources")}
     assert rows["reddit"]["status"] == "failed" and "'no-such-block'" in rows["reddit"]["error"]
     assert rows["fandom"]["status"] == rows["youtube"]["status"] == rows["sportskeeda"]["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_the_reddit_secret_never_reaches_anything_a_full_finetune_run_leaves(prefect_server, samples, tmp_path,
+                                                                            monkeypatch, capfd, caplog):
+    """The canary through every stage (documents to export): no file under the store, the HTTP cache
+    or Prefect's home, no Prefect artifact, no log line (the API's and the captured ones), no task or
+    flow run state message (where an exception's message goes) and nothing in the flow's result."""
+    from recipes import QUICK_OPEN, TINY
+
+    from loretune.config import state_dir
+    from loretune.flows.finetune import finetune
+
+    monkeypatch.setenv("REDDIT_CLIENT_ID", "loretune-test")
+    monkeypatch.setenv("REDDIT_CLIENT_SECRET", CANARY)
+    store = tmp_path / "store"
+    overrides = {"store": str(store), "sources.reddit.sample_credentials": False, **TINY, **QUICK_OPEN,
+                 "training.max_steps": 2, "training.save_steps": 2, "evaluation.max_items": 40,
+                 "evaluation.batch_size": 32, "export.checkpoint": "last"}
+    result = finetune(config="deployments/naruto.yaml", overrides=overrides, sample_sources=samples.base_url)
+    stages = result["stages"]
+    assert set(stages) >= {"documents", "images", "features", "dataset", "checkpoints", "evaluation", "export"}
+    manifest = ArtifactStore(store).manifest("documents", stages["documents"]["version"])
+    assert manifest["sources"]["reddit"]["status"] == "ok", "the secret was used: Reddit ran"
+    assert ArtifactStore(store).manifest("export", stages["export"]["version"])["details"]["exported"] is True
+
+    def files_text(*roots: Path) -> str:
+        return "".join(p.read_bytes().decode("utf-8", "replace") for root in roots if root.exists()
+                       for p in root.rglob("*") if p.is_file())
+
+    out, err = capfd.readouterr()
+    logs, states = prefect_logs_and_states()
+    published = {"store": files_text(store), "state folder (HTTP cache, scratch)": files_text(state_dir()),
+                 "Prefect home": files_text(Path(os.environ["PREFECT_HOME"])), "stdout": out, "stderr": err,
+                 "log": caplog.text, "Prefect artifacts": all_artifacts_text(), "Prefect logs": logs,
+                 "run states and their exceptions": states, "flow result": json.dumps(result, default=str)}
+    assert "export" in published["Prefect artifacts"] and "reddit" in published["Prefect logs"], \
+        "the search must see what the run published and logged"
+    for where, text in published.items():
+        assert CANARY not in text, f"the Reddit client secret leaked into {where}"
+
+
+def prefect_logs_and_states() -> tuple[str, str]:
+    """Every log line in the Prefect API, and every flow and task run's state name and message."""
+    from prefect import get_client
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def fetch():
+        async with get_client() as client:
+            logs, offset = [], 0
+            while batch := await client.read_logs(limit=200, offset=offset):
+                logs += batch
+                offset += len(batch)
+            flows = await client.read_flow_runs(limit=200)
+            tasks = await client.read_task_runs(limit=200)
+            return logs, [*flows, *tasks]
+
+    logs, runs = run_coro_as_sync(fetch())
+    return ("\n".join(f"{log.name} {log.message}" for log in logs),
+            "\n".join(f"{run.name} {run.state.name if run.state else ''} {run.state.message if run.state else ''}"
+                      for run in runs))

@@ -13,7 +13,8 @@ UA = "loretune-test/1.0"
 
 def session(**overrides) -> PoliteSession:
     settings = dict(user_agent=UA, connect_timeout_s=2, read_timeout_s=5, max_retries=2, backoff_s=0.05,
-                    max_response_bytes=1_000_000, min_interval_s=0.0)
+                    max_response_bytes=1_000_000, min_interval_s=0.0,
+                    configured_hosts=["127.0.0.1"])  # the sample server is a configured host
     return PoliteSession(**{**settings, **overrides})
 
 

@@ -108,7 +108,8 @@ def test_the_posts_images_are_served_by_the_sample_server_and_are_valid_pictures
     docs, _, _ = crawl(srv)
     urls = [url for doc in docs.values() for url in doc.image_urls]
     assert len(urls) == 3
-    session = PoliteSession(**HttpConfig(min_interval_s=0.0, max_retries=0).model_dump())
+    session = PoliteSession(**HttpConfig(min_interval_s=0.0, max_retries=0).model_dump(),
+                            configured_hosts=["127.0.0.1"])  # the sample server is configured
     for url in urls:
         assert check_image(session.get_bytes(url), max_bytes=ImagesConfig().max_bytes,
                            max_pixels=ImagesConfig().max_pixels).format == "PNG"

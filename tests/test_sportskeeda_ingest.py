@@ -50,7 +50,8 @@ def byline(doc: Document) -> dict:
 
 def session() -> PoliteSession:
     return PoliteSession(user_agent="loretune-tests/0", connect_timeout_s=2.0, read_timeout_s=5.0,
-                         max_retries=1, backoff_s=0.01, max_response_bytes=5_000_000)
+                         max_retries=1, backoff_s=0.01, max_response_bytes=5_000_000,
+                         configured_hosts=["127.0.0.1"])  # the sample server is configured
 
 
 def source(base: str, **changes: object) -> sportskeeda.SportskeedaSettings:

@@ -32,7 +32,8 @@ def server():
 
 def session() -> PoliteSession:
     return PoliteSession(user_agent="loretune-tests/0", connect_timeout_s=2.0, read_timeout_s=5.0,
-                         max_retries=0, backoff_s=0.01, max_response_bytes=5_000_000)
+                         max_retries=0, backoff_s=0.01, max_response_bytes=5_000_000,
+                         configured_hosts=["127.0.0.1"])  # the sample server is configured
 
 
 def source(server: SampleSourcesServer, videos: list[str] | None = None) -> youtube.YouTubeSettings:
