@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from loretune.failpoints import failpoint
 from loretune.model.chat_format import IGNORE, ChatFormat, question_messages
 from loretune.model.checkpoints import Checkpoint, at_step, eval_losses, load_adapters
 from loretune.model.collator import FusionCollator
@@ -194,6 +195,7 @@ def evaluate_checkpoints(
                              zip(requests[name].kept, scores.correct, scores.correct_norm, scores.loglikelihoods)]
         shown = ", ".join(f"{r['set']} {r['acc']:.3f}" for r in table if r["step"] == step and r["acc"] is not None)
         log(f"evaluate: step {step}: acc {shown}")
+        failpoint("evaluation:between-checkpoints")
     return Evaluation(table, per_item)
 
 

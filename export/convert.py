@@ -28,6 +28,7 @@ from peft import PeftModel
 from safetensors.torch import save_file
 
 from loretune.export.layout import GGUF_DIR, PROJECTOR_DIR, PROJECTOR_WEIGHTS
+from loretune.failpoints import failpoint
 from loretune.hashing import file_sha256
 from loretune.model.chat_format import IMAGE_TOKEN, strip_added_token
 from loretune.model.checkpoints import MULTIMODAL_FILE, load_for_checkpoints
@@ -145,7 +146,9 @@ def convert_to_gguf(model_dir: Path, out_file: Path, outtype: str = "f16",
     command = [sys.executable, str(here / "convert_hf_to_gguf.py"), str(model_dir), "--outfile", str(out_file),
                "--outtype", outtype]
     started = time.monotonic()
+    failpoint("export:before-gguf")
     done = subprocess.run(command, env=env, capture_output=True, text=True)
+    failpoint("export:after-gguf")
     if done.returncode != 0 or not out_file.exists():
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
         raise ExportError(f"llama.cpp's converter failed on {model_dir.name} ({outtype}), exit {done.returncode}:\n{tail}")
@@ -243,6 +246,7 @@ def export_checkpoint(*, base_model: Path, checkpoint: Path, out: Path, name: st
     copy_notices(base_model, out)  # beside adapter/ and gguf/ too, not only inside merged/
     merged = merge(base_model, checkpoint, out / MERGED_DIR, dtype)
     timings["merge_s"] = round(time.monotonic() - started, 2)
+    failpoint("export:after-merge")
     if decoding:
         write_decoding(out / MERGED_DIR, decoding)
         log(f"export: generation_config.json set to the evaluation's recommended decoding {decoding['name']!r} "

@@ -23,6 +23,26 @@ An upload that fails half-way removes its attempt prefix; one killed outright le
 prefix with no manifest naming it, which no reader ever looks at (and a later publish of the
 same version simply writes a new attempt).
 
+Crashes, full disks and concurrent runs (tests/test_faults.py, tests/test_concurrent_runs.py):
+
+- A scratch folder is named after the process that builds in it (`<stage>-<version>~<pid>~<host>~...`).
+  A process killed outright (SIGKILL, OOM, power cut) leaves its scratch behind; every publish first
+  removes the scratch of processes of this host that are no longer alive. Scratch of another host (a
+  store folder on a shared mount) is left alone unless it is older than `STALE_FOREIGN_SCRATCH`; a
+  scratch folder with no owner in its name, older than a day. The remote-publish scratch is in the
+  machine-local cache, so there the owner is always on this host.
+- A build that runs out of space (ENOSPC) fails with `StoreFull`, naming the store, the disk, the
+  bytes written when it filled (and the size of the stage's newest stored version, as an estimate
+  of what it needs) and the space left; its scratch is removed and nothing published is touched.
+- On a local store, publishes of one version are serialised by a lock (`flock` on
+  `<store>/.locks/<stage>-<version>.lock`): the second publisher waits, then finds the version
+  stored and returns its manifest without building. The kernel drops an flock when its holder dies,
+  so a killed run never leaves a lock that blocks the next one. A wait longer than
+  `LORETUNE_PUBLISH_LOCK_TIMEOUT` seconds (default a day) fails with a clear error. A remote store
+  takes no lock (a file lock cannot span machines, and a lock service such as prefect-redis is not
+  part of the stack): there the conditional manifest write above keeps a version single and the
+  publish idempotent (both runs may build; one manifest lands, the other run gets it back).
+
 Credentials never appear in a store URI (one with `user:secret@` is refused): for S3, s3fs and
 botocore read `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (or a profile, or an instance role)
 and the endpoint from `AWS_ENDPOINT_URL` (`AWS_ENDPOINT_URL_S3`), as every AWS client does.
@@ -39,27 +59,40 @@ Machine-local (per machine, never shared, safe to delete):
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from loretune.config import state_dir
+from loretune.failpoints import failpoint
 from loretune.hashing import folder_sha256
 
 MANIFEST = "manifest.json"
 SCRATCH = ".scratch"
 ATTEMPT = "attempt-"  # a remote publish's data prefix: <stage>/<version>/attempt-<uuid>/
 DATA_PREFIX = "data_prefix"  # the manifest field naming it
+LOCKS = ".locks"  # per-version publish locks: <store>/.locks/<stage>-<version>.lock
+LOCK_TIMEOUT_ENV = "LORETUNE_PUBLISH_LOCK_TIMEOUT"
+LOCK_TIMEOUT = 24 * 3600.0  # seconds a publisher waits for another one building the same version
+STALE_FOREIGN_SCRATCH = 7 * 24 * 3600.0  # another host's scratch in a shared store folder
+STALE_UNOWNED_SCRATCH = 24 * 3600.0  # scratch whose name says no owner (made before owners were named)
+_OWNER = re.compile(r"~(\d+)~([^~/]+)~[^~]*$")
 
 
 class ArtifactMissing(FileNotFoundError):
@@ -68,6 +101,14 @@ class ArtifactMissing(FileNotFoundError):
 
 class StoreURIError(ValueError):
     """A store URI that cannot be used as one (e.g. credentials written into it)."""
+
+
+class StoreFull(OSError):
+    """A stage's build or publish ran out of space (ENOSPC); the message says where and how much."""
+
+
+class PublishLockTimeout(TimeoutError):
+    """Another process held a version's publish lock longer than the timeout."""
 
 
 @dataclass(frozen=True)
@@ -219,10 +260,23 @@ class ArtifactStore:
         exactly as before. If the version is published meanwhile (a concurrent run of the same
         fingerprint), that artifact stands and its manifest is returned.
         """
+        if not self.is_local:  # between machines the conditional manifest write decides (module docstring)
+            return self._publish(stage, version, build, manifest_fields)
+        with self.lock(stage, version):
+            stored = self.manifest(stage, version)
+            if stored is not None:  # published while this run waited for the lock (or before): it stands
+                return stored
+            return self._publish(stage, version, build, manifest_fields)
+
+    def _publish(self, stage: str, version: str, build: Callable[[Path], dict[str, Any] | None],
+                 manifest_fields: dict[str, Any]) -> dict[str, Any]:
         scratch_root = Path(self._path(SCRATCH)) if self.is_local else remote_cache_dir() / SCRATCH
         scratch_root.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f"{stage}-{version}-", dir=scratch_root))
+        remove_stale_scratch(scratch_root)
+        owner = f"~{os.getpid()}~{socket.gethostname()}~"
+        scratch = Path(tempfile.mkdtemp(prefix=f"{stage}-{version}{owner}", dir=scratch_root))
         try:
+            failpoint("build", stage)
             summary = build(scratch) or {}
             counts = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             files = sorted(p for p in scratch.rglob("*") if p.is_file())  # before the manifest exists
@@ -239,26 +293,84 @@ class ArtifactStore:
             if not self.is_local:
                 manifest[DATA_PREFIX] = f"{ATTEMPT}{uuid.uuid4().hex}"
             (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            failpoint("publish:before-rename", stage)
             if self.is_local:
                 committed = self._commit(scratch, stage, version)
             else:
                 committed = self._commit_remote(scratch, stage, version, manifest)
+            failpoint("publish:after-rename", stage)
             if not committed:
                 return self.manifest(stage, version) or manifest  # a concurrent run won: its artifact stands
             return manifest
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC or isinstance(exc, StoreFull):
+                raise
+            raise self._full(stage, version, scratch, exc) from exc
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
+    def _full(self, stage: str, version: str, scratch: Path, exc: OSError) -> StoreFull:
+        """The clear error for a build or publish that ran out of space."""
+        written = _folder_bytes(scratch)
+        where = Path(exc.filename) if exc.filename else scratch
+        disk = next((p for p in [where, *where.parents] if p.exists()), scratch.parent)
+        try:
+            free = f"{_size(shutil.disk_usage(disk).free)} free there now"
+        except OSError:
+            free = "free space unknown"
+        newest = self.versions(stage)
+        needs = (f"; its newest stored version, {newest[-1]['version']}, takes {_size(newest[-1]['counts']['bytes'])}"
+                 if newest and "bytes" in newest[-1].get("counts", {}) else "")
+        return StoreFull(errno.ENOSPC, (
+            f"store {self.root}: no space left on the disk of {disk} while publishing {stage}/{version} "
+            f"({exc.strerror or exc}); the build had written {_size(written)} when it failed{needs}; {free}. "
+            "Nothing was published and the stored versions are untouched: free some space (or move the "
+            "store) and run again"))
+
+    @contextmanager
+    def lock(self, stage: str, version: str, timeout: float | None = None) -> Iterator[None]:
+        """Hold the publish lock of `stage/version` (module docstring), waiting up to `timeout` s."""
+        if timeout is None:
+            timeout = float(os.environ.get(LOCK_TIMEOUT_ENV) or LOCK_TIMEOUT)
+        folder = (Path(self._path(LOCKS)) if self.is_local  # a remote store's: this machine's only
+                  else remote_cache_dir() / LOCKS / hashlib.sha256(self.root.encode()).hexdigest()[:12])
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{stage}-{version}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            deadline, pause = time.monotonic() + timeout, 0.05
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise PublishLockTimeout(
+                            f"store {self.root}: {stage}/{version} is being built by another run (lock {path}) and "
+                            f"it did not finish within {timeout:.0f} s ({LOCK_TIMEOUT_ENV}); run again later") from None
+                    time.sleep(pause)
+                    pause = min(pause * 2, 2.0)
+            yield
+        finally:
+            os.close(fd)  # closing drops the flock
+
     def _commit(self, scratch: Path, stage: str, version: str) -> bool:
         """Rename a complete scratch folder into place; False if the version appeared meanwhile."""
-        final = self._path(stage, version)
+        final = Path(self._path(stage, version))
         if self.exists(stage, version):
             return False  # published meanwhile by another run with the same fingerprint
-        Path(final).parent.mkdir(parents=True, exist_ok=True)
-        if Path(final).exists():  # a leftover without manifest: never a valid artifact
-            shutil.rmtree(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():  # a leftover without manifest: never a valid artifact; moved aside, then removed
+            aside = scratch.with_name(f"{scratch.name}.leftover")
+            os.rename(final, aside)
+            shutil.rmtree(aside, ignore_errors=True)
         _read_only(scratch)  # a reader that tries to write into an artifact fails loudly
-        os.rename(scratch, final)
+        try:
+            os.rename(scratch, final)  # never replaces a non-empty folder: a version landed meanwhile stands
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and self.exists(stage, version):
+                return False
+            raise
         return True
 
     def _commit_remote(self, scratch: Path, stage: str, version: str, manifest: dict[str, Any]) -> bool:
@@ -331,6 +443,67 @@ class ArtifactStore:
             Path(e["name"]).name for e in entries
             if e["type"] == "directory" and not Path(e["name"]).name.startswith(".")
         )
+
+
+def remove_stale_scratch(scratch_root: Path) -> list[str]:
+    """Remove the scratch folders left by dead processes (module docstring); returns their names."""
+    removed, host, now = [], socket.gethostname(), time.time()
+    try:
+        entries = list(scratch_root.iterdir())
+    except FileNotFoundError:
+        return removed
+    for folder in entries:
+        found = _OWNER.search(folder.name)
+        try:
+            age = now - folder.lstat().st_mtime
+        except FileNotFoundError:
+            continue
+        if found is None:
+            stale = age > STALE_UNOWNED_SCRATCH
+        elif found.group(2) != host:
+            stale = age > STALE_FOREIGN_SCRATCH
+        else:
+            stale = not _alive(int(found.group(1)))
+        if stale:
+            _remove_tree(folder)
+            removed.append(folder.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_tree(folder: Path) -> None:
+    """rmtree that also removes a folder made read-only for its rename (`_read_only` keeps dirs 0o755)."""
+    if folder.is_dir() and not folder.is_symlink():
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        folder.unlink(missing_ok=True)
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for path in folder.rglob("*") if folder.exists() else []:
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except OSError:
+            pass
+    return total
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def _data_prefix(folder: Path) -> str | None:

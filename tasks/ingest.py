@@ -72,6 +72,10 @@ def ingest_documents(store: str, domain: str, sources_cfg: SourcesConfig, http_c
         "sources": {name: dataclasses.asdict(r) for name, r in reports.items()},
         **run_provenance(),
     })
+    if manifest.get("flow_run_id") != run_provenance()["flow_run_id"]:  # another run published it while this one waited
+        logger.info("documents %s is already in the store, published by flow run %s meanwhile; nothing published",
+                    version, manifest.get("flow_run_id"))
+        return artifacts.ref(STAGE, version)
     logger.info("published documents %s: %s documents", version, len(docs))
     announce(domain, manifest)
     return artifacts.ref(STAGE, version)

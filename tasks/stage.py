@@ -11,6 +11,14 @@ that hit a timeout or a 503): such an artifact is never a cache hit. The next ru
 if the retry settled anything, publishes it as the next *attempt*, a new immutable version of the
 same inputs (`stage_version(..., attempt=n)`); the newest attempt is found by looking up attempt 0,
 1, 2, ... in the store, so no mutable pointer is needed and the store stays write-once.
+
+Two runs that need the same version at once build it once: `ArtifactStore.publish` holds a
+per-version lock (an flock, dropped by the kernel if its holder dies) around "is it stored? else
+build and publish", so the second run waits, then finds the first's artifact and returns it
+("already in the store ... meanwhile"). Prefect's own transaction isolation (SERIALIZABLE with a
+lock manager) is not used: it locks on the cache key, which for a version not yet stored is
+deliberately unique per run (`compute_key`), and its file lock manager's lock outlives a killed
+holder until a hold timeout, which would stall the re-run after a crash.
 """
 
 from __future__ import annotations
@@ -156,6 +164,12 @@ def publish_stage(
             raise
         logger.info("%s %s stands: %s", policy.stage, previous.version, exc)
         return previous
+    if manifest.get("flow_run_id") != run_provenance()["flow_run_id"]:
+        # Another run published this version while this one waited for its publish lock (store.py):
+        # the work was done once, and its artifact stands.
+        logger.info("%s %s is already in the store, published by flow run %s meanwhile; nothing to do",
+                    policy.stage, version, manifest.get("flow_run_id"))
+        return store.ref(policy.stage, version)
     logger.info("published %s %s (%s)", policy.stage, version, _counts(manifest))
     if announce_manifest:
         announce(inputs["domain"], manifest)

@@ -233,3 +233,20 @@ def test_out_of_memory_gives_up_after_two_back_offs_with_what_to_change(lore, tm
     simulate_oom(monkeypatch, at_step=0, above_batch=0)
     with pytest.raises(sft.OutOfMemory, match=r"batch 2 x accumulation 4 \(after 2 back-offs\).*max_length"):
         sft.train(backend="hf", output_dir=tmp_path / "oom", cfg=config(), log=lambda m: None, **lore)
+
+
+def test_a_run_resumed_at_its_last_step_trains_no_step_more(lore, tmp_path):
+    """A kill after training and before publishing: the re-run finds checkpoint-<max_steps> and stops
+    there (transformers' Trainer, resumed at its last step, would take one more)."""
+    cfg = config(max_steps=4, save_steps=2)
+    first = sft.train(backend="hf", output_dir=tmp_path / "run", cfg=cfg, log=lambda m: None, **lore)
+    record = (tmp_path / "run" / sft.TRAINING_RUN_FILE).read_text()
+    lines: list[str] = []
+    again = sft.train(backend="hf", output_dir=tmp_path / "run", cfg=cfg, log=lines.append, **lore)
+    assert [c.step for c in again] == [c.step for c in first] == [2, 4]
+    assert any("trained already" in line for line in lines), lines
+    assert (tmp_path / "run" / sft.TRAINING_RUN_FILE).read_text() == record  # the finished run's own record
+    (tmp_path / "run" / sft.TRAINING_RUN_FILE).unlink()  # killed before it was written: written now
+    assert [c.step for c in sft.train(backend="hf", output_dir=tmp_path / "run", cfg=cfg, log=lambda m: None,
+                                      **lore)] == [2, 4]
+    assert json.loads((tmp_path / "run" / sft.TRAINING_RUN_FILE).read_text())["resumed_from_step"] == 4

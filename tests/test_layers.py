@@ -45,6 +45,7 @@ CONTRACTS: dict[str, tuple[tuple[str, ...], str]] = {
     "loretune.import_graph": (PREFECT_LAYER + pkg(*STAGES), "the core is below every stage"),
     "loretune.stats": (PREFECT_LAYER + pkg(*STAGES), "the core is below every stage"),
     "loretune.store": (PREFECT_LAYER + pkg(*STAGES), "the core is below every stage"),
+    "loretune.failpoints": (PREFECT_LAYER + pkg(*STAGES), "the core is below every stage"),
     "loretune.stack": (PREFECT_LAYER + pkg(*STAGES), "the local stack starts servers; it runs no stage code"),
     "loretune.postgres": (PREFECT_LAYER + pkg(*STAGES), "PostgreSQL for the stack's server; it runs no stage code"),
     "loretune.samples": (PREFECT_LAYER + pkg(*STAGES), "the sample server serves recorded sources; it runs no stage code"),

@@ -26,6 +26,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
+from loretune.failpoints import failpoint
 from loretune.model.chat_format import IGNORE, ChatFormat, add_image_token, encode_chat
 from loretune.model.checkpoints import COMPLETE_MARKER, MULTIMODAL_FILE, Checkpoint, list_checkpoints
 from loretune.model.collator import FusionCollator
@@ -89,6 +90,9 @@ class ProgressLog(TrainerCallback):
             self.log(f"train: step {state.global_step}/{state.max_steps}: {shown}")
         if self.progress:
             self.progress(state.global_step, state.max_steps)
+
+    def on_save(self, args, state, control, **kwargs):
+        failpoint("training:after-checkpoint")  # crash tests: a kill right after a checkpoint is saved
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress:  # the last step need not be a logging step
@@ -335,8 +339,17 @@ def train(
         for partial in discard_incomplete(output_dir) if rank == 0 else ():  # the launcher did it for DDP
             log(f"train: removed {partial}, left half-written by an interrupted save")
         last = list_checkpoints(output_dir)
-        if last:
-            log(f"train: resuming from {last[-1].path.name} (step {last[-1].step} of {cfg.max_steps})")
+        if last and last[-1].step >= cfg.max_steps:
+            # A run killed after it trained and before its checkpoints were published. Resumed at its
+            # last step, transformers' Trainer would still take one step more (checkpoint-<max + 1>),
+            # so the re-run would publish another model than the run that was never killed.
+            log(f"train: {last[-1].path.name} is step {cfg.max_steps} of {cfg.max_steps}: trained already")
+            if rank == 0 and not (output_dir / TRAINING_RUN_FILE).exists():  # killed before it wrote this
+                record.update(trainable_parameters=trainable, parameters=total, resumed_from_step=last[-1].step,
+                              train_runtime_s=None, tokens=None, tokens_per_s=None, final_batch_size=batch_size,
+                              final_gradient_accumulation_steps=accumulation)
+                (output_dir / TRAINING_RUN_FILE).write_text(json.dumps(record, indent=2))
+            return last
         try:
             started = last[-1].step if last else 0
             output = trainer.train(resume_from_checkpoint=str(last[-1].path) if last else None)
