@@ -40,6 +40,7 @@ from pathlib import Path
 import yaml
 
 from loretune import postgres
+from loretune.processes import alive
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PREFECT_FILE = PROJECT_DIR / "deployments" / "prefect.yaml"
@@ -471,13 +472,7 @@ def _alive(pid: int) -> bool:
             return False
     except ChildProcessError:
         pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return alive(pid)
 
 
 def _kill_group(pgid: int, grace: float = 15.0) -> None:

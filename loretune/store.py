@@ -82,6 +82,7 @@ from fsspec.implementations.local import LocalFileSystem
 from loretune.config import state_dir
 from loretune.failpoints import failpoint
 from loretune.hashing import folder_sha256
+from loretune.processes import alive
 
 MANIFEST = "manifest.json"
 SCRATCH = ".scratch"
@@ -463,21 +464,11 @@ def remove_stale_scratch(scratch_root: Path) -> list[str]:
         elif found.group(2) != host:
             stale = age > STALE_FOREIGN_SCRATCH
         else:
-            stale = not _alive(int(found.group(1)))
+            stale = not alive(int(found.group(1)))
         if stale:
             _remove_tree(folder)
             removed.append(folder.name)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _remove_tree(folder: Path) -> None:

@@ -48,6 +48,7 @@ CONTRACTS: dict[str, tuple[tuple[str, ...], str]] = {
     "loretune.failpoints": (PREFECT_LAYER + pkg(*STAGES), "the core is below every stage"),
     "loretune.stack": (PREFECT_LAYER + pkg(*STAGES), "the local stack starts servers; it runs no stage code"),
     "loretune.postgres": (PREFECT_LAYER + pkg(*STAGES), "PostgreSQL for the stack's server; it runs no stage code"),
+    "loretune.processes": (PREFECT_LAYER + pkg(*STAGES), "the core is below every stage"),
     "loretune.samples": (PREFECT_LAYER + pkg(*STAGES), "the sample server serves recorded sources; it runs no stage code"),
     # the Prefect layer: tasks are thin and never reach up into flows
     "loretune.tasks": (pkg("flows"), "tasks are composed by flows, never the other way round"),
