@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import parse_qsl, urljoin, urlsplit, urlunsplit
 
 import requests
@@ -109,6 +109,7 @@ class PoliteSession:
         self.configured_hosts = {_host_key(h) for h in (*self.allowed_hosts, *configured_hosts)}
         self._robots: dict[str, Protego | None] = {}
         self._last_request: dict[str, float] = {}
+        self._delays: dict[str, float] = {}  # per origin: the interval, or robots.txt's longer Crawl-delay
         self._host_lock = threading.Lock()
         self.timeout = (connect_timeout_s, read_timeout_s)
         self.max_retries = max_retries
@@ -124,10 +125,12 @@ class PoliteSession:
             raise_on_status=False,  # hand back the last 429/503 so the error can say what it was
         )
         retry.counters = self._counters
+        retry.min_interval_s = min_interval_s
         adapter = (_CachingAdapter(cache=FileCache(str(cache_dir)), max_retries=retry) if cache_dir
                    else _PinnedAdapter(max_retries=retry))
         adapter.counters = self._counters
         adapter.configured_hosts = self.configured_hosts
+        adapter.pace = self._pace
         self._session = requests.Session()
         self._session.headers["User-Agent"] = user_agent
         self._session.mount("http://", adapter)
@@ -247,13 +250,21 @@ class PoliteSession:
         raise SourceError(url, f"more than {self.max_redirects} redirects")
 
     def _before_request(self, url: str) -> None:
-        """robots.txt first, then wait out the host's minimum interval."""
+        """robots.txt first, and the host's interval from it (`_pace` waits it out at send time)."""
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}"
         robots = self._robots_for(origin, url) if self.respect_robots else None
         if robots is not None and not robots.can_fetch(url, self.user_agent):
             raise SourceError(url, f"disallowed by {origin}/robots.txt for {self.user_agent!r}")
-        delay = max(self.min_interval_s, (robots.crawl_delay(self.user_agent) or 0) if robots else 0)
+        self._delays[origin] = max(self.min_interval_s, (robots.crawl_delay(self.user_agent) or 0) if robots else 0)
+
+    def _pace(self, url: str) -> None:
+        """Wait out the host's interval (or robots.txt's Crawl-delay), just before a request goes on
+        the wire (the adapter calls this): spacing the calls instead would let a slow step between
+        call and send (a busy machine) bring two requests closer at the server than the interval."""
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        delay = self._delays.get(origin, self.min_interval_s)
         with self._host_lock:
             wait = self._last_request.get(origin, float("-inf")) + delay - time.monotonic()
             self._last_request[origin] = time.monotonic() + max(wait, 0)
@@ -417,10 +428,12 @@ class _PinnedAdapter(_CountingAdapter):
     """
 
     configured_hosts: set[str]
+    pace: Callable[[str], None] = staticmethod(lambda url: None)  # the session's per-host interval
 
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
         parts = urlsplit(request.url or "")
         addresses = checked_addresses(request.url or "", self.configured_hosts)
+        self.pace(request.url or "")
         pinned = request.copy()
         pinned.headers["Host"] = parts.netloc.rpartition("@")[2]
         for i, address in enumerate(addresses):
@@ -454,11 +467,19 @@ class _CachingAdapter(CacheControlAdapter, _PinnedAdapter):
 
 class _CountingRetry(Retry):
     counters: _Counters
+    min_interval_s: float = 0.0
 
     def new(self, **kw: Any) -> _CountingRetry:
         retry = super().new(**kw)
         retry.counters = self.counters  # urllib3 rebuilds Retry on every increment
+        retry.min_interval_s = self.min_interval_s
         return retry
+
+    def get_backoff_time(self) -> float:
+        """A retry is a request to the same host like any other: never sooner than its interval.
+        (urllib3 retries the first failure at once: a read timed out on a busy machine went back to
+        the server 6 ms later, seen in the Dask politeness test.)"""
+        return max(super().get_backoff_time(), self.min_interval_s)
 
     def increment(self, *args: Any, **kwargs: Any) -> _CountingRetry:
         retry = super().increment(*args, **kwargs)  # raises when the budget is spent: no new attempt
