@@ -11,12 +11,12 @@ import random
 from urllib.parse import urlsplit
 
 import pytest
+from recipes import QUICK_OPEN, TINY
 
 from loretune.ingest.sources import host_groups
 from loretune.multimodal.clip import whole_batches
 from loretune.multimodal.images import host_batches
 from loretune.store import ArtifactStore
-from recipes import QUICK_OPEN, TINY
 
 
 def test_sources_that_share_a_server_are_one_group_and_keep_their_order():
