@@ -81,9 +81,14 @@ def test_the_scheduler_creates_the_nightly_runs(tmp_path):
         with httpx.Client(base_url=api, timeout=30) as client:
             flow = client.post("/flows/", json={"name": "refresh"})
             flow.raise_for_status()
-            deployment = client.post("/deployments/", json={
-                "name": "naruto", "flow_id": flow.json()["id"], "schedules": nightly_schedules(),
-            })
+            deadline = time.monotonic() + 60
+            while True:  # healthy is not yet ready: the first writes may get 503 while services start
+                deployment = client.post("/deployments/", json={
+                    "name": "naruto", "flow_id": flow.json()["id"], "schedules": nightly_schedules(),
+                })
+                if deployment.status_code != 503 or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
             deployment.raise_for_status()
             deployment_id = deployment.json()["id"]
 
