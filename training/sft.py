@@ -350,6 +350,8 @@ def train(
                               final_gradient_accumulation_steps=accumulation)
                 (output_dir / TRAINING_RUN_FILE).write_text(json.dumps(record, indent=2))
             return last
+        if last:
+            log(f"train: resuming from {last[-1].path.name} (step {last[-1].step} of {cfg.max_steps})")
         try:
             started = last[-1].step if last else 0
             output = trainer.train(resume_from_checkpoint=str(last[-1].path) if last else None)
