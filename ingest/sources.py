@@ -159,6 +159,11 @@ def hosts(scope: Mapping[str, Any]) -> set[str]:
     return {host for host in (urlsplit(u).hostname for u in urls) if host}
 
 
+def reported_hosts(reports: Mapping[str, Any]) -> list[str]:
+    """The hosts of every source's scope as a documents manifest records them (`SourceReport.scope`)."""
+    return sorted(set().union(*(hosts(r.get("scope") or {}) for r in reports.values() if isinstance(r, dict))))
+
+
 def host_groups(scopes: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
     """The sources in groups that share no server, in `scopes`' order (each group too).
 

@@ -94,9 +94,7 @@ def configured_hosts(documents: ArtifactRef) -> list[str]:
     source's scope): an image there may be on a private address, as the sample server's are. Any
     other image host must resolve to public addresses (ingest/http.py). The manifest is part of the
     documents version, which the images version already depends on."""
-    reports = (documents.manifest() or {}).get("sources") or {}
-    return sorted(set().union(*(sources.hosts(report.get("scope") or {}) for report in reports.values()
-                                if isinstance(report, dict))))
+    return sources.reported_hosts((documents.manifest() or {}).get("sources") or {})
 
 
 def _fetch_batch(urls: list[str], http_settings: dict, params: ImagesConfig,
